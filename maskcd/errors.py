@@ -1,0 +1,13 @@
+"""Errors that the command-line tools turn into one clear line and a non-zero exit code."""
+
+
+class MaskCDError(Exception):
+    """Base class: the message names the file or setting at fault and the fix."""
+
+
+class InputError(MaskCDError):
+    """Bad input: missing or unreadable file, no overlap, band mismatch, missing CRS, all-nodata, ..."""
+
+
+class OutputExistsError(MaskCDError):
+    """The output exists and ``--overwrite`` was not given."""

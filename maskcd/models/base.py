@@ -1,0 +1,132 @@
+"""The contract every maskcd change-detection model follows.
+
+Every model is a :class:`transformers.PreTrainedModel` called as ``model(image_a, image_b, labels=None)``:
+
+* ``image_a``, ``image_b``: ``(B, C, H, W)`` float tensors, already normalised with the model's :class:`InferenceSpec`
+  (``image_a`` is the earlier date, "before"; ``image_b`` the later one, "after").
+* ``labels``: optional ``(B, H, W)`` int64 with 0 = unchanged, 1 = changed and 255 = ignored.
+
+It returns a :class:`ChangeDetectionOutput` (or a subclass with model-specific fields) whose ``change_prob`` is
+``(B, H, W)`` in [0, 1] and whose ``loss`` is set when labels are given.
+
+What inference needs (bands, value scale, normalisation, native tile size, ground sample distance) is stored in the
+model config, so that ``save_pretrained`` records it next to the weights and ``maskcd-map`` can read it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers.utils import ModelOutput
+
+IGNORE_INDEX = 255
+"""Label value that is excluded from losses and metrics."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ChangeDetectionOutput(ModelOutput):
+    """Output of every maskcd change-detection model.
+
+    Args:
+        loss: Scalar training loss, only when ``labels`` were given.
+        change_prob: ``(B, H, W)`` probability of change in [0, 1] at the input resolution.
+        logits: ``(B, 2, H, W)`` class logits for models that produce dense logits (``None`` otherwise).
+    """
+
+    loss: torch.FloatTensor | None = None
+    change_prob: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    """What a checkpoint needs from raw imagery.
+
+    Args:
+        input_bands: Names of the input bands in order (their count is the model's input channel count).
+        value_scale: Raw values are divided by this to reach [0, 1] before normalisation (255 for 8-bit imagery).
+        image_mean: Per-band mean in the [0, 1] scale.
+        image_std: Per-band standard deviation in the [0, 1] scale.
+        tile_size: Native tile (chip) size in pixels the model was trained on.
+        gsd: Ground sample distance in metres of the training imagery, ``None`` when unknown.
+    """
+
+    input_bands: tuple[str, ...] = ("red", "green", "blue")
+    value_scale: float = 255.0
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
+    tile_size: int = 256
+    gsd: float | None = None
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.input_bands)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Scale and normalise raw ``(..., C, H, W)`` values (any dtype) to the model's input distribution."""
+        x = raw.float() / self.value_scale
+        mean = torch.as_tensor(self.image_mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.image_std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {
+            "input_bands": list(self.input_bands),
+            "value_scale": self.value_scale,
+            "image_mean": list(self.image_mean),
+            "image_std": list(self.image_std),
+            "tile_size": self.tile_size,
+            "gsd": self.gsd,
+        }
+
+
+INFERENCE_KEYS = ("input_bands", "value_scale", "image_mean", "image_std", "tile_size", "gsd")
+
+
+def inference_spec(config) -> InferenceSpec:
+    """Read the :class:`InferenceSpec` stored in a model config (defaults for what is missing, e.g. legacy configs)."""
+    default = InferenceSpec()
+    values = {}
+    for key in INFERENCE_KEYS:
+        value = getattr(config, key, None)
+        if value is None:
+            continue
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return InferenceSpec(**{**default.to_dict(), **values}) if values else default
+
+
+def set_inference_spec(config, spec: InferenceSpec | None = None, **overrides) -> None:
+    """Store an :class:`InferenceSpec` (plus overrides) on a config so that ``save_pretrained`` records it."""
+    spec = spec or inference_spec(config)
+    for key, value in {**spec.to_dict(), **overrides}.items():
+        setattr(config, key, list(value) if isinstance(value, tuple) else value)
+
+
+class ChangeModelMixin:
+    """Mixin for maskcd models: the inference spec and a default ``change_prob`` from 2-class logits."""
+
+    maskcd_architecture: str = ""
+
+    @property
+    def inference_spec(self) -> InferenceSpec:
+        return inference_spec(self.config)
+
+    @staticmethod
+    def prob_from_logits(logits: torch.Tensor) -> torch.Tensor:
+        """``(B, 2, H, W)`` logits → ``(B, H, W)`` change probability (softmax channel 1)."""
+        return logits.float().softmax(dim=1)[:, 1]
+
+
+def check_labels(labels: torch.Tensor | None) -> torch.Tensor | None:
+    """Validate a ``(B, H, W)`` label tensor (0, 1, 255) and return it as int64."""
+    if labels is None:
+        return None
+    if labels.dim() == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be (B, H, W) with 0/1/255 values, got shape {tuple(labels.shape)}")
+    return labels.long()
