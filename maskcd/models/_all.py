@@ -1,3 +1,4 @@
 """Importing this module registers every architecture (each model module registers itself on import)."""
 
 from maskcd.models import maskcd  # noqa: F401
+from maskcd.models import minenetcd  # noqa: F401
