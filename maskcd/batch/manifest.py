@@ -1,0 +1,169 @@
+"""Per-site manifests: what a finished site was made from, so a rerun can skip it (``--resume``).
+
+``OUTDIR/<site_id>/manifest.json`` is written last, after every output of the site has been renamed into place, so
+its presence means the site finished. It records:
+
+* ``key`` — what determines the outputs: the pairs (paths, dates, layer names), the AOI, the model id and hash and
+  the mapping configuration (:func:`config_fingerprint`);
+* ``inputs`` — per input image its size, modification time (ns) and SHA-256;
+* ``outputs`` — the file names written in the site folder.
+
+A site is up to date (:func:`is_up_to_date`) when the key is equal, every output exists and every input has the
+recorded size and either the recorded mtime or, when only the mtime moved (a copy, a ``touch``), the recorded hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+#: MapOptions keys that do not change the mapped result, left out of the manifest key: where and how fast it runs,
+#: and per-run output placement (the batch runner decides output names itself).
+NON_RESULT_KEYS = frozenset({"device", "batch_size", "workers", "overwrite", "prob_out", "mask_out", "aoi"})
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes, read in ``chunk``-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: str | Path, *, with_hash: bool = True) -> dict:
+    """``{path, size, mtime_ns[, sha256]}`` of one input file.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+    """
+    st = os.stat(path)
+    info = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if with_hash:
+        info["sha256"] = sha256_file(path)
+    return info
+
+
+def model_fingerprint(model: str) -> dict:
+    """Identify the weights a model reference resolves to.
+
+    Args:
+        model: Preset name, model folder or Hub id (as given to ``--model``).
+
+    Returns:
+        ``{"id": model, "kind": ..., "sha256": ...}``. For a folder the hash covers ``config.json`` and every weight
+        file; for a preset it covers the preset YAML (presets are random weights, which the batch runner seeds
+        identically on every worker); for a Hub id it covers the cached snapshot when there is one, else the id.
+    """
+    from maskcd.models import list_models
+    from maskcd.models.registry import config_dir
+
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return {"id": model, "kind": "folder", "sha256": _hash_folder(folder)}
+    if model in list_models():
+        yaml_path = config_dir() / "models" / f"{model}.yaml"
+        return {"id": model, "kind": "preset", "sha256": sha256_file(yaml_path)}
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = Path(snapshot_download(model, local_files_only=True))
+        return {"id": model, "kind": "hub", "sha256": _hash_folder(snap)}
+    except Exception:  # not cached (or not a valid id): the id is all that identifies it
+        return {"id": model, "kind": "hub", "sha256": hashlib.sha256(model.encode()).hexdigest()}
+
+
+def _hash_folder(folder: Path) -> str:
+    digest = hashlib.sha256()
+    patterns = ("config.json", "*.safetensors", "*.bin", "*.pt", "*.pth")
+    files = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
+    for p in files:
+        digest.update(p.name.encode())
+        digest.update(sha256_file(p).encode())
+    return digest.hexdigest()
+
+
+def config_fingerprint(options: dict) -> dict:
+    """The mapping settings that change results (``MapOptions`` as a dict minus :data:`NON_RESULT_KEYS`)."""
+    return {k: options[k] for k in sorted(options) if k not in NON_RESULT_KEYS and k != "model"}
+
+
+def site_key(job, options: dict, model_fp: dict) -> dict:
+    """The manifest key of a :class:`~maskcd.batch.catalog.SiteJob` under given options and model."""
+    return {
+        "version": MANIFEST_VERSION,
+        "site_id": job.site_id,
+        "pairs": [
+            {"before": p.before, "after": p.after, "before_date": p.before_date, "after_date": p.after_date,
+             "layer": p.layer}
+            for p in job.pairs
+        ],
+        "aoi": {"wkt": job.aoi_wkt, "crs": job.aoi_crs} if job.aoi_wkt else None,
+        "model": {"id": model_fp["id"], "sha256": model_fp["sha256"]},
+        "config": config_fingerprint(options),
+    }
+
+
+def _normalise(obj):
+    """JSON round trip, so tuples and lists compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def read_manifest(site_dir: str | Path) -> dict | None:
+    """The site's manifest, or ``None`` when it is absent or unreadable (a rerun then redoes the site)."""
+    path = Path(site_dir) / MANIFEST_NAME
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(site_dir: str | Path, key: dict, inputs: list[dict], outputs: list[str]) -> Path:
+    """Write ``manifest.json`` atomically (temporary name, then rename)."""
+    site_dir = Path(site_dir)
+    data = {**_normalise(key), "inputs": inputs, "outputs": sorted(outputs),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    tmp = site_dir / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    final = site_dir / MANIFEST_NAME
+    os.replace(tmp, final)
+    return final
+
+
+def is_up_to_date(site_dir: str | Path, key: dict) -> tuple[bool, str]:
+    """Whether a site folder holds finished outputs for ``key``.
+
+    Returns:
+        ``(True, "")`` or ``(False, reason)``, the reason being logged on a redo.
+    """
+    site_dir = Path(site_dir)
+    manifest = read_manifest(site_dir)
+    if manifest is None:
+        return False, "no manifest"
+    recorded = {k: manifest.get(k) for k in key}
+    if recorded != _normalise(key):
+        changed = sorted(k for k in key if recorded.get(k) != _normalise(key)[k])
+        return False, f"changed: {', '.join(changed)}"
+    for name in manifest.get("outputs", []):
+        if not (site_dir / name).is_file():
+            return False, f"output {name} is missing"
+    for info in manifest.get("inputs", []):
+        try:
+            st = os.stat(info["path"])
+        except OSError:
+            return False, f"input {info['path']} is missing"
+        if st.st_size != info["size"]:
+            return False, f"input {info['path']} changed size"
+        if st.st_mtime_ns != info["mtime_ns"] and sha256_file(info["path"]) != info.get("sha256"):
+            return False, f"input {info['path']} changed content"
+    return True, ""

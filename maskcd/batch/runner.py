@@ -1,0 +1,336 @@
+"""Run a site catalog on ``dask.distributed``: one task per site, resume, failure isolation, merged outputs.
+
+Layout of ``OUTDIR``::
+
+    <site_id>/changes.gpkg          one layer per pair (``changes`` or ``changes_<before>_<after>``), styled
+    <site_id>/change_prob*.tif      probability COG per pair      <site_id>/change_mask*.tif  mask COG per pair
+    <site_id>/quicklook.png         before | after | overlay      <site_id>/report.json       totals, shift, timings
+    <site_id>/manifest.json         written last (see :mod:`maskcd.batch.manifest`)
+    catalog.gpkg                    ``changes``: every site's polygons with site_id and dates; ``sites``: one row per site
+    failures.csv                    site_id, error of every failed site of this run (header only when none failed)
+
+Sites run on a :class:`distributed.LocalCluster` (worker processes with one thread each) unless a client or a
+scheduler address is given. With a CUDA device every task asks for the Dask resource ``GPU=1``, so a worker runs one
+site at a time per GPU it advertises (``dask worker ADDRESS --resources GPU=1``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maskcd.batch.catalog import SiteJob, read_catalog
+from maskcd.batch.manifest import is_up_to_date, model_fingerprint, site_key
+from maskcd.batch.worker import GPKG_NAME, REPORT_NAME, process_site
+from maskcd.errors import InputError
+from maskcd.inference.options import MapOptions
+
+logger = logging.getLogger(__name__)
+
+MERGED_NAME = "catalog.gpkg"
+FAILURES_NAME = "failures.csv"
+MERGED_LAYER = "changes"
+SITES_LAYER = "sites"
+
+
+@dataclass
+class BatchResult:
+    """Outcome of :func:`run_batch`.
+
+    Args:
+        sites: One report per catalog site, in catalog order; ``status`` is ``mapped``, ``skipped`` (up to date,
+            outputs kept) or ``failed`` (with ``error``).
+        merged: The merged GeoPackage, ``None`` when no site has outputs.
+        failures_csv: The failures table.
+        seconds: Wall time of the run.
+    """
+
+    sites: list[dict] = field(default_factory=list)
+    merged: Path | None = None
+    failures_csv: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[dict]:
+        return [s for s in self.sites if s["status"] == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def default_workers(device: str) -> int:
+    """Dask workers when ``--workers`` is not given: one per GPU for CUDA, else half the cores (at most 4)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _resolve_device(device: str, client) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    if client is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    workers = client.scheduler_info().get("workers", {}).values()
+    return "cuda" if any(w.get("resources", {}).get("GPU") for w in workers) else "cpu"
+
+
+@contextlib.contextmanager
+def _open_client(client, scheduler: str | None, workers: int | None, device: str):
+    if client is not None:
+        yield client
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            with Client(scheduler, timeout="20s") as c:
+                yield c
+        except OSError as err:
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({err}); check --scheduler") from err
+        return
+    gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
+    n = workers or default_workers("cuda" if gpu else "cpu")
+    kwargs = {"resources": {"GPU": 1}} if gpu else {}
+    with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR, **kwargs) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_batch(
+    catalog: str | Path,
+    outdir: str | Path,
+    options: MapOptions,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client=None,
+    force: bool = False,
+    progress: bool = True,
+    map_fn=None,
+) -> BatchResult:
+    """Map every site of a catalog.
+
+    Args:
+        catalog: CSV, GeoPackage or GeoJSON catalog (see :mod:`maskcd.batch.catalog`).
+        outdir: Output root (created).
+        options: Mapping settings used for every site (``prob_out``/``mask_out``/``aoi`` are set per site).
+        workers: Worker processes of the local cluster (default :func:`default_workers`).
+        scheduler: Address of an existing Dask scheduler (``tcp://host:8786``) instead of a local cluster.
+        client: An existing :class:`distributed.Client` (takes precedence over ``scheduler``).
+        force: Redo every site even when its manifest matches (default: resume, skipping finished sites).
+        progress: Show a tqdm bar over sites.
+        map_fn: Scene mapper with the signature of :func:`maskcd.inference.map_scene` (default: that function).
+
+    Returns:
+        The :class:`BatchResult`; failed sites are in ``result.failed`` and ``failures.csv``, never raised.
+
+    Raises:
+        InputError: The catalog is unusable, or a CUDA run finds no worker advertising the ``GPU`` resource.
+    """
+    t0 = time.perf_counter()
+    outdir = Path(outdir)
+    jobs = read_catalog(catalog, layer=options.layer)
+    outdir.mkdir(parents=True, exist_ok=True)
+    opts = options.to_dict()
+    model_fp = model_fingerprint(options.model)
+    reports: dict[str, dict] = {}
+    todo: list[tuple[SiteJob, dict]] = []
+    for job in jobs:
+        if job.error:
+            reports[job.site_id] = {"site_id": job.site_id, "status": "failed", "error": job.error}
+            continue
+        key = site_key(job, opts, model_fp)
+        if not force:
+            done, reason = is_up_to_date(outdir / job.site_id, key)
+            if done:
+                logger.info("site %s: up to date, skipped", job.site_id)
+                reports[job.site_id] = {**_read_report(outdir / job.site_id), "status": "skipped"}
+                continue
+            logger.info("site %s: to do (%s)", job.site_id, reason)
+        todo.append((job, key))
+
+    bar = _progress(len(jobs), progress)
+    bar.update(len(jobs) - len(todo))
+    if todo:
+        with _open_client(client, scheduler, workers, options.device) as c:
+            device = _resolve_device(options.device, c)
+            resources = None
+            if device.startswith("cuda"):
+                _check_gpu_workers(c)
+                resources = {"GPU": 1}
+            run_opts = {**opts, "device": device}
+            token = uuid.uuid4().hex[:8]
+            futures = {
+                c.submit(process_site, job, str(outdir.resolve()), run_opts, key, map_fn, key=f"site-{job.site_id}-{token}",
+                         pure=False, resources=resources): job.site_id
+                for job, key in todo
+            }
+            from distributed import as_completed
+
+            for fut in as_completed(futures):
+                site_id = futures[fut]
+                try:
+                    report = fut.result()
+                except Exception as err:  # the worker died (KilledWorker) or the task could not run
+                    report = {"site_id": site_id, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+                reports[site_id] = report
+                if report["status"] == "failed":
+                    logger.warning("site %s failed: %s", site_id, report["error"])
+                    if report.get("traceback"):
+                        logger.debug("site %s traceback:\n%s", site_id, report["traceback"])
+                bar.set_postfix_str(f"{site_id} {report['status']}")
+                bar.update(1)
+    bar.close()
+
+    sites = [reports[job.site_id] for job in jobs]
+    result = BatchResult(sites=sites)
+    result.failures_csv = write_failures(outdir / FAILURES_NAME, sites)
+    result.merged = write_merged(outdir, jobs, sites, options, model_fp)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _check_gpu_workers(client) -> None:
+    workers = client.scheduler_info().get("workers", {})
+    if not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        raise InputError(
+            "device is CUDA but no Dask worker advertises a GPU resource; start workers with "
+            "`dask worker ADDRESS --resources GPU=1` (or run without --scheduler)"
+        )
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sites", unit="site", disable=not enabled, leave=True)
+
+
+def _read_report(site_dir: Path) -> dict:
+    with open(site_dir / REPORT_NAME) as f:
+        return json.load(f)
+
+
+def write_failures(path: Path, sites: list[dict]) -> Path:
+    """Write ``failures.csv`` (``site_id, error``) atomically; a header only when nothing failed."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["site_id", "error"])
+        for site in sites:
+            if site["status"] == "failed":
+                writer.writerow([site["site_id"], site.get("error", "")])
+    os.replace(tmp, path)
+    return path
+
+
+def _target_crs(reports: list[dict]):
+    from pyproj import CRS
+
+    crss = {r["footprint_crs"] for r in reports if r.get("footprint_crs")}
+    if len(crss) == 1:
+        return CRS.from_user_input(crss.pop())
+    return CRS.from_epsg(4326)
+
+
+def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: MapOptions, model_fp: dict):
+    """Write ``catalog.gpkg``: a styled ``changes`` layer with every site's polygons and a ``sites`` layer.
+
+    Polygons keep their attributes and get ``site_id``, ``layer``, ``before_date`` and ``after_date``. When the sites
+    share a CRS it is kept, else everything is reprojected to EPSG:4326 (areas stay in the ``area_m2`` attribute).
+    Sites are in catalog order, pairs in time order, so the file does not depend on which worker finished first.
+
+    Returns:
+        The GeoPackage path, or ``None`` when no site has outputs.
+    """
+    import geopandas as gpd
+    import pandas as pd
+    import pyogrio
+    import shapely
+
+    from maskcd.vectorization import append_gpkg_layer, write_changes_gpkg
+
+    done = [s for s in sites if s["status"] in ("mapped", "skipped")]
+    if not done:
+        return None
+    crs = _target_crs(done)
+    frames = []
+    for site in done:
+        gpkg = outdir / site["site_id"] / GPKG_NAME
+        for pair in site["pairs"]:
+            gdf = pyogrio.read_dataframe(gpkg, layer=pair["layer"])
+            gdf = gdf.drop(columns=[c for c in ("site_id", "layer", "before_date", "after_date") if c in gdf.columns])
+            gdf.insert(0, "site_id", site["site_id"])
+            gdf.insert(1, "layer", pair["layer"])
+            gdf.insert(2, "before_date", pair["before_date"])
+            gdf.insert(3, "after_date", pair["after_date"])
+            frames.append(gdf.to_crs(crs) if gdf.crs is not None else gdf.set_crs(crs))
+    polygons = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
+
+    rows, geoms = [], []
+    for site in sites:
+        rows.append({
+            "site_id": site["site_id"], "status": site["status"], "n_pairs": site.get("n_pairs", 0),
+            "first_date": site.get("first_date"), "last_date": site.get("last_date"),
+            "n_polygons": site.get("n_polygons", 0), "changed_km2": site.get("changed_km2", 0.0),
+            "valid_km2": site.get("valid_km2", 0.0), "max_shift_px": site.get("max_shift_px", 0.0),
+            "error": site.get("error"),
+        })
+        geom = None
+        if site.get("footprint_wkt"):
+            geom = gpd.GeoSeries([shapely.from_wkt(site["footprint_wkt"])], crs=site["footprint_crs"]).to_crs(crs)[0]
+        geoms.append(geom)
+    sites_gdf = gpd.GeoDataFrame(rows, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
+
+    metadata = {
+        "tool": "maskcd-batch",
+        "model": model_fp["id"],
+        "model_sha256": model_fp["sha256"],
+        "options": json.dumps(options.to_dict(), sort_keys=True),
+        "n_sites": len(sites),
+        "n_failed": sum(s["status"] == "failed" for s in sites),
+        "sites": ",".join(s["site_id"] for s in sites),
+    }
+    final = outdir / MERGED_NAME
+    tmp = outdir / f".{MERGED_NAME}.tmp-{os.getpid()}.gpkg"
+    tmp.unlink(missing_ok=True)
+    write_changes_gpkg(polygons, tmp, layer=MERGED_LAYER, metadata=metadata, overwrite=True)
+    append_gpkg_layer(sites_gdf, tmp, layer=SITES_LAYER)
+    os.replace(tmp, final)
+    return final
+
+
+def summary_table(result: BatchResult) -> str:
+    """A plain-text table of the run: one line per site and a total line."""
+    header = ("site_id", "status", "pairs", "polygons", "changed_km2", "seconds", "note")
+    lines = []
+    for s in result.sites:
+        note = s.get("error", "") if s["status"] == "failed" else ""
+        lines.append((s["site_id"], s["status"], str(s.get("n_pairs", "")), str(s.get("n_polygons", "")),
+                      f"{s['changed_km2']:.4f}" if "changed_km2" in s else "",
+                      f"{s.get('seconds', 0):.1f}" if s["status"] != "skipped" else "-", note[:80]))
+    counts = {k: sum(s["status"] == k for s in result.sites) for k in ("mapped", "skipped", "failed")}
+    total_km2 = sum(s.get("changed_km2", 0.0) for s in result.sites)
+    lines.append(("total", ", ".join(f"{v} {k}" for k, v in counts.items()), "",
+                  str(sum(s.get("n_polygons", 0) for s in result.sites)), f"{total_km2:.4f}",
+                  f"{result.seconds:.1f}", ""))
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])

@@ -1,0 +1,134 @@
+"""``maskcd-batch CATALOG -o OUTDIR``: map every site of a catalog on Dask, resumable, one folder per site.
+
+Exit codes: 0 all sites mapped or up to date; 1 at least one site failed (see ``OUTDIR/failures.csv``);
+2 unusable input (catalog, config, options, scheduler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from maskcd.cli import one_line_errors
+from maskcd.errors import InputError
+from maskcd.inference.options import MapOptions
+
+PROG = "maskcd-batch"
+#: MapOptions keys that the batch runner sets per site; a --config file may not set them.
+PER_SITE_KEYS = ("prob_out", "mask_out", "aoi", "overwrite")
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bands must be 1-based integers like 1,2,3, got {text!r}") from err
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"bands must be 1-based integers like 1,2,3, got {text!r}")
+    return values
+
+
+def _overlap(text: str) -> float:
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Map change for every site of a catalog (CSV, GeoPackage or GeoJSON with site_id, before, after "
+        "[, before_date, after_date, AOI geometry], or site_id, date, path per image for time series).",
+    )
+    p.add_argument("catalog", type=Path, help="site catalog; image paths are relative to its folder")
+    p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (one sub-folder per site)")
+    p.add_argument("--config", type=Path, help="YAML with maskcd-map keys (model, tile, overlap, threshold, ...); "
+                   "command-line options override it")
+    run = p.add_argument_group("cluster")
+    run.add_argument("--workers", type=int, help="local Dask worker processes, 1 thread each "
+                     "(default: one per GPU on CUDA, else half the cores, at most 4)")
+    run.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786) instead of a "
+                     "local cluster; the workers must see the same paths")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", dest="force", action="store_false", default=False,
+                      help="skip sites whose manifest matches and whose outputs exist (default)")
+    mode.add_argument("--force", dest="force", action="store_true", help="redo every site")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("-v", "--verbose", action="store_true", help="log each site's decision and tracebacks")
+    m = p.add_argument_group("mapping (as maskcd-map, applied to every site)")
+    m.add_argument("--model", help="preset name, model folder or Hub id")
+    m.add_argument("--bands", type=_bands, help="1-based bands read from both images, e.g. 1,2,3")
+    m.add_argument("--tile", type=int, help="window size in pixels (default: the model's)")
+    m.add_argument("--overlap", type=_overlap, help="window overlap: pixels (>= 1) or fraction of the tile (< 1)")
+    m.add_argument("--threshold", type=float, help="change probability threshold")
+    m.add_argument("--min-area", type=float, dest="min_area", help="smallest polygon in m²")
+    m.add_argument("--simplify", type=float, help="simplification tolerance in metres")
+    m.add_argument("--batch-size", type=int, dest="batch_size", help="windows per forward pass")
+    m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
+    m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
+    m.add_argument("--loader-workers", type=int, dest="workers",
+                   help="DataLoader reader processes per site (YAML key: workers; default 0)")
+    return p
+
+
+def load_config(path: Path) -> dict:
+    """Read a ``--config`` YAML of MapOptions keys; unknown or per-site keys raise :class:`InputError`."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as err:
+        raise InputError(f"config {path} cannot be read ({err.strerror}); check the path") from err
+    except yaml.YAMLError as err:
+        raise InputError(f"config {path} is not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(data, dict):
+        raise InputError(f"config {path} must be a mapping of maskcd-map keys, got {type(data).__name__}")
+    valid = [k for k in MapOptions.keys() if k not in PER_SITE_KEYS]
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise InputError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    return data
+
+
+def options_from_args(args: argparse.Namespace) -> MapOptions:
+    """Defaults < ``--config`` YAML < command-line options."""
+    values: dict = {"workers": 0}
+    if args.config:
+        values.update(load_config(args.config))
+    for f in fields(MapOptions):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in PER_SITE_KEYS:
+            values[f.name] = value
+    return MapOptions(**values)
+
+
+@one_line_errors(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=f"{PROG}: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("distributed", "tornado", "asyncio", "urllib3", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    from maskcd.batch.runner import run_batch, summary_table
+
+    options = options_from_args(args)
+    result = run_batch(args.catalog, args.outdir, options, workers=args.workers, scheduler=args.scheduler,
+                       force=args.force, progress=not args.no_progress)
+    print(summary_table(result))
+    if result.merged:
+        print(f"merged: {result.merged}")
+    if result.failed:
+        print(f"{len(result.failed)} site(s) failed; see {result.failures_csv}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
