@@ -1,0 +1,169 @@
+"""MineNetCD: ChangeFFT maths, published-checkpoint parity, legacy loading checks and the published model size."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from maskcd.models import build_model, count_parameters, load_model
+from maskcd.models.minenetcd import EinFFT, MineNetCDForChangeDetection
+
+REFERENCE = ("reference", "minenetcd_changefft_tiny_legacy")
+
+
+def _einfft_reference(block: EinFFT, x: torch.Tensor) -> torch.Tensor:
+    """ChangeFFT written with complex tensors: per block W = Wr + iWi, ReLU on real/imag after layer 1."""
+    b, c, h, w = x.shape
+    nb, bs = block.num_blocks, block.block_size
+    spec = torch.fft.fft2(x.permute(0, 2, 3, 1).reshape(b, h, w, nb, bs).double(), dim=(1, 2), norm="ortho")
+    w1 = torch.complex(block.complex_weight_1[0].double(), block.complex_weight_1[1].double())
+    b1 = torch.complex(block.complex_bias_1[0].double(), block.complex_bias_1[1].double())
+    w2 = torch.complex(block.complex_weight_2[0].double(), block.complex_weight_2[1].double())
+    b2 = torch.complex(block.complex_bias_2[0].double(), block.complex_bias_2[1].double())
+    y = torch.einsum("...bd,bdk->...bk", spec, w1) + b1
+    y = torch.complex(y.real.relu(), y.imag.relu())
+    y = torch.einsum("...bd,bdk->...bk", y, w2) + b2
+    shrink = torch.nn.functional.softshrink
+    y = torch.complex(shrink(y.real, block.sparsity_threshold), shrink(y.imag, block.sparsity_threshold))
+    y = torch.fft.ifft2(y, dim=(1, 2), norm="ortho").real
+    return y.reshape(b, h, w, c).permute(0, 3, 1, 2).float()
+
+
+def test_einfft_matches_complex_block_diagonal_mlp():
+    torch.manual_seed(0)
+    block = EinFFT(16)
+    with torch.no_grad():  # larger weights so the soft-shrink and ReLUs are all active somewhere
+        for p in block.parameters():
+            p.mul_(20)
+    x = torch.randn(2, 16, 7, 9)
+    out = block(x)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, _einfft_reference(block, x), atol=1e-5, rtol=1e-4)
+    # block-diagonal: channels of block 0 do not depend on the input of block 3
+    x2 = x.clone()
+    x2[:, 12:] += 1.0
+    assert torch.allclose(block(x2)[:, :4], out[:, :4], atol=1e-6)
+    assert not torch.allclose(block(x2)[:, 12:], out[:, 12:], atol=1e-4)
+
+
+def test_einfft_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        EinFFT(30)
+
+
+def test_changefft_is_applied_twice_as_published():
+    torch.manual_seed(0)
+    model = build_model("minenetcd-tiny").eval()
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        feats = model.change_features(a, b)
+        fa, fb = model.backbone(a).feature_maps, model.backbone(b).feature_maps
+        d = fb[1] - fa[1]
+        once = model.channel_mixing[1](d)
+        expected = once + model.channel_mixing[1](model.norm[1](once.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    torch.testing.assert_close(feats[1], expected)
+
+
+def test_legacy_checkpoint_reproduces_reference_logits(shared_data):
+    folder = shared_data(*REFERENCE)
+    ref = np.load(folder / "reference_io.npz")
+    model = load_model(folder).eval()
+    assert isinstance(model, MineNetCDForChangeDetection)
+    assert model.config.maskcd_architecture == "minenetcd" and model.config.channel_mixing
+    with torch.no_grad():
+        out = model(torch.from_numpy(ref["image_a"]), torch.from_numpy(ref["image_b"]))
+    expected = torch.from_numpy(ref["logits"])
+    assert out.logits.shape == expected.shape == (2, 2, 64, 64)
+    assert (out.logits - expected).abs().max().item() <= 1e-4
+    torch.testing.assert_close(out.change_prob, expected.softmax(1)[:, 1], atol=1e-5, rtol=0)
+
+
+def test_legacy_swin_shapes_follow_the_weights(shared_data, tmp_path, caplog):
+    """Deviation 13: a config.json whose Swin disagrees with the stored weights loads as the weights say."""
+    folder = shared_data(*REFERENCE)
+    for name in ("pytorch_model.bin", "reference_io.npz"):
+        shutil.copy(folder / name, tmp_path / name)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["backbone_config"].update(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with caplog.at_level(logging.WARNING, logger="maskcd.models.minenetcd"):
+        model = load_model(tmp_path).eval()
+    assert "following the stored weights" in caplog.text
+    assert model.config.backbone_config.embed_dim == 32
+    ref = np.load(tmp_path / "reference_io.npz")
+    with torch.no_grad():
+        out = model(torch.from_numpy(ref["image_a"]), torch.from_numpy(ref["image_b"]))
+    assert (out.logits - torch.from_numpy(ref["logits"])).abs().max().item() <= 1e-4
+
+
+def _legacy_resnet_folder(tmp_path, backbone_type: str):
+    torch.manual_seed(0)
+    model = build_model("minenetcd-resnet18", hidden_size=32, auxiliary_channels=16).eval()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    cfg = {
+        "Backbone_type": backbone_type, "channel_mixing": True, "architectures": ["UperNetForSemanticSegmentation"],
+        "model_type": "upernet", "hidden_size": 32, "auxiliary_channels": 16, "auxiliary_in_channels": 256,
+        "pool_scales": [1, 2, 3, 6], "use_auxiliary_head": True, "auxiliary_loss_weight": 0.4,
+        "loss_ignore_index": 255, "transformers_version": "4.36.0",
+        "backbone_config": {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2]},  # unused for ResNet
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+def test_legacy_resnet_checkpoint_loads_and_checks_its_depths(tmp_path):
+    original = _legacy_resnet_folder(tmp_path, "ResNet_Diff_18")
+    loaded = load_model(tmp_path).eval()
+    a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(a, b).logits, original(a, b).logits)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["Backbone_type"] = "ResNet_Diff_50"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"ResNet_Diff_50 expects a ResNet with depths \[3, 4, 6, 3\]"):
+        load_model(tmp_path)
+
+
+def test_unsupported_legacy_backbone_is_named(tmp_path):
+    (tmp_path / "config.json").write_text(
+        json.dumps({"Backbone_type": "VSSM_T_ST_Diff", "model_type": "upernet",
+                    "architectures": ["UperNetForSemanticSegmentation"]})
+    )
+    torch.save({}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="VSSM_T_ST_Diff.*not supported"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "preset, mebi",
+    [("minenetcd-swin-t", 57.81), ("minenetcd-swin-t-nofft", 57.06), ("minenetcd-swin-b", 117.02)],
+)
+def test_published_sizes_on_meta_device(preset, mebi):
+    """Swin-T + ChangeFFT = 57.81 "M" (2^20 units) as in the UCD README; the others are models.md §3.2's counts."""
+    with torch.device("meta"):
+        model = build_model(preset)
+    assert round(count_parameters(model) / 2**20, 2) == mebi
+
+
+def test_resnet_backbone_runs_on_odd_sizes_with_labels():
+    torch.manual_seed(0)
+    model = build_model("minenetcd-resnet18", hidden_size=32, auxiliary_channels=16)
+    labels = torch.randint(0, 2, (2, 45, 51))
+    labels[:, :3] = 255
+    out = model(torch.randn(2, 3, 45, 51), torch.randn(2, 3, 45, 51), labels)
+    assert out.logits.shape == (2, 2, 45, 51) and out.change_prob.shape == (2, 45, 51)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.channel_mixing[3].complex_weight_2.grad is not None
+
+
+def test_unknown_config_key_lists_valid_keys():
+    with pytest.raises(ValueError, match="valid keys"):
+        build_model("minenetcd-tiny", bogus=1)
+    with pytest.raises(ValueError, match="Swin_Diff_T"):
+        build_model("minenetcd-tiny", backbone_type="VGG")
