@@ -1,0 +1,195 @@
+"""Stage 6 of ``maskcd-map``: the QGIS-ready GeoPackage.
+
+:func:`write_changes_gpkg` creates a new GeoPackage; :func:`add_layer_to_gpkg` adds (or replaces) a layer in an existing
+one. Both work on a temporary copy in the destination folder and rename it into place, so a failure leaves the old file
+(or no file) untouched and no temporary file behind. Every file has:
+
+- the layer(s), written with pyogrio, GeoPackage ``VERSION=1.2`` (QGIS built on GDAL < 3.7 warns on 1.4), with an
+  R-tree spatial index (``rtree_<layer>_<geom>`` table);
+- ``layer_styles`` (QGIS schema) with one ``useAsDefault = 1`` row per styled layer;
+- ``run_metadata``: a non-spatial table of ``layer, key, value`` rows, ``value`` being JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyogrio
+
+from maskcd.errors import InputError, OutputExistsError
+from maskcd.vectorization.style import DEFAULT_STYLE, layer_styles_frame, load_qml
+
+GPKG_VERSION = "1.2"
+STYLES_TABLE = "layer_styles"
+METADATA_TABLE = "run_metadata"
+RESERVED_LAYERS = (STYLES_TABLE, METADATA_TABLE)
+
+
+def _temp_path(out: Path) -> Path:
+    return out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}-journal"), Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _metadata_frame(layer: str, metadata: dict) -> pd.DataFrame:
+    rows = [(layer, str(k), json.dumps(v, default=str, sort_keys=True, ensure_ascii=False)) for k, v in metadata.items()]
+    return pd.DataFrame(rows, columns=["layer", "key", "value"], dtype=object)
+
+
+def _write_layer(gdf, path: Path, layer: str, *, create: bool, replace: bool, geometry_type: str | None) -> None:
+    if layer in RESERVED_LAYERS:
+        raise ValueError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
+    layer_options = {"SPATIAL_INDEX": "YES"}
+    if replace:
+        layer_options["OVERWRITE"] = "YES"
+    if geometry_type is None:
+        types = set(gdf.geom_type.dropna().unique()) if len(gdf) else set()
+        geometry_type = "MultiPolygon" if types <= {"Polygon", "MultiPolygon"} else None
+    pyogrio.write_dataframe(
+        gdf, path, layer=layer, driver="GPKG", promote_to_multi=geometry_type == "MultiPolygon" or None,
+        geometry_type=geometry_type, dataset_options={"VERSION": GPKG_VERSION} if create else None,
+        layer_options=layer_options, append=False,
+    )
+
+
+def _write_table(frame: pd.DataFrame, path: Path, table: str) -> None:
+    """Append rows to a non-spatial table (created, GeoPackage ``attributes``, when absent)."""
+    exists = table in {name for name, _ in pyogrio.list_layers(path)}
+    pyogrio.write_dataframe(frame, path, layer=table, driver="GPKG", append=exists,
+                            layer_options=None if exists else {"FID": "id"})
+
+
+def _delete_rows(path: Path, table: str, column: str, value: str) -> None:
+    if table not in {name for name, _ in pyogrio.list_layers(path)}:
+        return
+    con = sqlite3.connect(path)
+    try:
+        with con:
+            con.execute(f'DELETE FROM "{table}" WHERE "{column}" = ?', (value,))
+    finally:
+        con.close()
+
+
+def _style_rows(path: Path, layer: str, style) -> None:
+    if style is None or style is False:
+        return
+    geom_col = pyogrio.read_info(path, layer=layer).get("geometry_name") or "geom"
+    _delete_rows(path, STYLES_TABLE, "f_table_name", layer)
+    _write_table(layer_styles_frame(layer, load_qml(style), geometry_column=geom_col), path, STYLES_TABLE)
+
+
+def write_changes_gpkg(
+    gdf, out_path: str | os.PathLike, *, layer: str = "changes", metadata: dict, overwrite: bool = False,
+    style: str | os.PathLike | None = DEFAULT_STYLE,
+) -> Path:
+    """Write change polygons as a new QGIS-ready GeoPackage (atomically: temporary file, then rename).
+
+    Args:
+        gdf: GeoDataFrame from :func:`maskcd.vectorization.vectorize_changes` (any polygon GeoDataFrame with a CRS);
+            an empty frame still gives a valid MultiPolygon layer with its columns.
+        out_path: Destination ``.gpkg``.
+        layer: Layer name.
+        metadata: Run metadata (arguments, versions, inputs with sizes, shift estimate, timings...): one
+            ``run_metadata`` row per key, the value as JSON.
+        overwrite: Replace an existing file.
+        style: Packaged style name or ``.qml`` path stored as the layer's default QGIS style; None for no style row.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OutputExistsError: ``out_path`` exists and ``overwrite`` is False (nothing is written).
+        InputError: The destination folder does not exist or the frame has no CRS.
+    """
+    out = Path(out_path)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: output folder does not exist; create it first")
+    if out.suffix.lower() != ".gpkg":
+        raise InputError(f"{out}: the output must be a .gpkg file")
+    if gdf.crs is None:
+        raise InputError(f"{out}: the polygons have no CRS; vectorise a mask that carries one")
+    tmp = _temp_path(out)
+    try:
+        _write_layer(gdf, tmp, layer, create=True, replace=False, geometry_type="MultiPolygon")
+        _style_rows(tmp, layer, style)
+        _write_table(_metadata_frame(layer, metadata), tmp, METADATA_TABLE)
+        if out.exists() and not overwrite:  # appeared while we were writing
+            raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
+        os.replace(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return out
+
+
+def add_layer_to_gpkg(
+    gpkg_path: str | os.PathLike, gdf, *, layer: str, metadata: dict | None = None,
+    style: str | os.PathLike | None = DEFAULT_STYLE, overwrite_layer: bool = False, geometry_type: str | None = None,
+) -> Path:
+    """Add a layer (with its R-tree, default style row and metadata rows) to an existing GeoPackage.
+
+    The file is copied to a temporary name beside it, changed, and renamed over the original, so readers never see a
+    half-written file and a failure leaves the original as it was. Used for time-series layers and merged catalogs.
+
+    Args:
+        gpkg_path: An existing GeoPackage (e.g. from :func:`write_changes_gpkg`).
+        gdf: The layer's GeoDataFrame (polygonal layers are written as MultiPolygon; others keep their type).
+        layer: New layer name (not ``layer_styles`` or ``run_metadata``).
+        metadata: Optional rows appended to ``run_metadata`` with this layer's name.
+        style: Packaged style name or ``.qml`` path to store as the layer's default style (None: no style row).
+        overwrite_layer: Replace a layer of that name (and its style and metadata rows).
+        geometry_type: Force the OGR geometry type (e.g. ``"MultiPolygon"``, ``"Point"``).
+
+    Returns:
+        The GeoPackage path.
+
+    Raises:
+        InputError: The GeoPackage does not exist.
+        OutputExistsError: The layer exists and ``overwrite_layer`` is False.
+    """
+    import shutil
+
+    path = Path(gpkg_path)
+    if not path.is_file():
+        raise InputError(f"{path}: GeoPackage does not exist; create it with write_changes_gpkg first")
+    existing = {name for name, _ in pyogrio.list_layers(path)}
+    if layer in existing and not overwrite_layer:
+        raise OutputExistsError(f"{path}: layer {layer!r} exists; pass overwrite_layer=True or choose another name")
+    tmp = _temp_path(path)
+    try:
+        shutil.copy2(path, tmp)
+        _write_layer(gdf, tmp, layer, create=False, replace=layer in existing, geometry_type=geometry_type)
+        _style_rows(tmp, layer, style)
+        if layer in existing:
+            _delete_rows(tmp, METADATA_TABLE, "layer", layer)
+        if metadata:
+            _write_table(_metadata_frame(layer, metadata), tmp, METADATA_TABLE)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return path
+
+
+def read_run_metadata(gpkg_path: str | os.PathLike, layer: str | None = None) -> dict:
+    """The ``run_metadata`` rows as ``{key: value}`` (JSON decoded), optionally only those of one layer."""
+    frame = pyogrio.read_dataframe(gpkg_path, layer=METADATA_TABLE, read_geometry=False)
+    if layer is not None:
+        frame = frame[frame["layer"] == layer]
+    return {k: json.loads(v) for k, v in zip(frame["key"], frame["value"], strict=True)}
+
+
+__all__ = ["write_changes_gpkg", "add_layer_to_gpkg", "read_run_metadata", "GPKG_VERSION"]
