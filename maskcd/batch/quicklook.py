@@ -26,7 +26,7 @@ def _reduced_grid(mask_path: str | Path, max_size: int):
         scale = max(src.width, src.height) / max_size
         scale = max(scale, 1.0)
         width, height = max(1, round(src.width / scale)), max(1, round(src.height / scale))
-        transform = src.transform * src.transform.scale(src.width / width, src.height / height)
+        transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
         mask = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
         return src.crs, transform, width, height, mask
 

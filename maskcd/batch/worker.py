@@ -116,7 +116,7 @@ def _footprint(mask_path: Path, max_size: int = 256) -> tuple[str | None, str | 
         scale = max(1.0, max(src.width, src.height) / max_size)
         width, height = max(1, round(src.width / scale)), max(1, round(src.height / scale))
         data = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
-        transform = src.transform * src.transform.scale(src.width / width, src.height / height)
+        transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
         crs = src.crs.to_string() if src.crs else None
     valid = (data != 255).astype(np.uint8)
     geoms = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid.astype(bool), transform=transform) if v]
