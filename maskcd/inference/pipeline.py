@@ -1,0 +1,349 @@
+"""``map_scene``: two GeoTIFFs → probability COG, mask COG and a styled GeoPackage (stages 1–6 wired together).
+
+Every output is written under a temporary name and renamed only when all stages succeeded; on any error the
+temporaries are removed, so a failed run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+
+from maskcd.errors import InputError, OutputExistsError
+from maskcd.inference.dataset import WindowDataset
+from maskcd.inference.options import MapOptions, MapResult
+from maskcd.inference.predict import make_accelerator, predict_to_store
+from maskcd.inference.stitch import StitchStats, stitch_to_cogs
+from maskcd.inference.store import TileStore
+from maskcd.inference.tiling import filter_valid, grid_windows, resolve_overlap
+from maskcd.io.align import AlignedPair, align_pair, coarse_validity
+from maskcd.io.shift import ShiftEstimate, estimate_shift
+
+logger = logging.getLogger(__name__)
+
+MIN_VALID_FRACTION = 0.05
+GDAL_CACHEMAX_MB = 256
+
+
+def output_paths(out_gpkg: str | os.PathLike, options: MapOptions) -> tuple[Path, Path, Path]:
+    """The GeoPackage and the two COG paths (default: ``<stem>_change_prob.tif`` / ``_change_mask.tif`` beside it)."""
+    out = Path(out_gpkg)
+    prob = Path(options.prob_out) if options.prob_out else out.with_name(out.stem + "_change_prob.tif")
+    mask = Path(options.mask_out) if options.mask_out else out.with_name(out.stem + "_change_mask.tif")
+    return out, prob, mask
+
+
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise InputError(f"output paths collide ({', '.join(map(str, paths))}): pass distinct -o/--prob-out/--mask-out")
+    for p in paths:
+        if not p.parent.exists():
+            raise InputError(f"output folder {p.parent} does not exist: create it or pass another path")
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{p} exists: pass --overwrite to replace it, or another output path")
+
+
+_HASHES: dict[int, str] = {}
+
+
+def model_hash(model) -> str:
+    """Short sha256 of the model's weights file when it has one, else of its parameters (cached per model object)."""
+    key = id(model)
+    if key in _HASHES:
+        return _HASHES[key]
+    h = hashlib.sha256()
+    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+    files = [folder / n for n in ("model.safetensors", "pytorch_model.bin")] if folder.is_dir() else []
+    files = [f for f in files if f.is_file()]
+    if files:
+        with open(files[0], "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    else:
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().numpy().tobytes())
+    _HASHES[key] = h.hexdigest()[:16]
+    return _HASHES[key]
+
+
+def _versions() -> dict:
+    import accelerate
+    import torch
+    import torchgeo
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torchgeo": torchgeo.__version__,
+        "accelerate": accelerate.__version__,
+        "rasterio": rasterio.__version__,
+        "gdal": rasterio.__gdal_version__,
+    }
+
+
+def _file_info(path: str) -> dict:
+    p = Path(path)
+    with rasterio.open(p) as ds:
+        return {
+            "path": str(p.resolve()), "bytes": p.stat().st_size, "width": ds.width, "height": ds.height,
+            "count": ds.count, "dtype": ds.dtypes[0], "crs": ds.crs.to_string() if ds.crs else None,
+            "res": list(ds.res),
+        }
+
+
+class _Progress:
+    """tqdm bar in megapixels of the scene (rate shown as MP/s)."""
+
+    def __init__(self, windows, n_pixels: int, enabled: bool):
+        self.bar = None
+        area = sum(w.height * w.width for w in windows) or 1
+        self.scale = n_pixels / area / 1e6
+        self.windows = windows
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=n_pixels / 1e6, unit="MP", desc="maskcd-map", file=sys.stderr,
+                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} MP [{elapsed}<{remaining}, {rate_fmt}]")
+
+    def __call__(self, indices: list[int]) -> None:
+        if self.bar is not None:
+            self.bar.update(sum(self.windows[i].height * self.windows[i].width for i in indices) * self.scale)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class RasterRun:
+    """What stages 1–4 produced (see :func:`map_rasters`)."""
+
+    pair: AlignedPair
+    tile: int
+    overlap: int
+    windows: list
+    shift: ShiftEstimate
+    stats: StitchStats | None
+    timings: dict
+    is_main: bool = True
+
+
+def map_rasters(
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    prob_path: str | os.PathLike,
+    mask_path: str | os.PathLike,
+    options: MapOptions,
+    *,
+    model,
+    progress: bool = True,
+) -> RasterRun:
+    """Stages 1–4: align, tile, infer and stitch into a probability COG and a mask COG.
+
+    The COGs are written under temporary names beside ``prob_path``/``mask_path`` and renamed at the end; on any error
+    nothing is left behind. Under ``accelerate launch`` every rank infers its own windows and only the main process
+    stitches (``stats`` is ``None`` on the others).
+    """
+    timings: dict[str, float] = {}
+    prob_path, mask_path = Path(prob_path), Path(mask_path)
+    run = uuid.uuid4().hex[:8]
+    spec = model.inference_spec
+    accelerator = make_accelerator(options.device)
+    is_main = accelerator.is_main_process
+    tmp_dir = prob_path.with_name(f".{prob_path.name}.maskcd-tiles")
+    tmp_prob = prob_path.with_name(f".{prob_path.name}.{run}.tmp")
+    tmp_mask = mask_path.with_name(f".{mask_path.name}.{run}.tmp")
+    try:
+        # 1. read and align
+        t = time.perf_counter()
+        pair = align_pair(before, after, spec, bands=options.bands, aoi=options.aoi, model_name=options.model)
+        grid = pair.grid
+        tile = int(options.tile or spec.tile_size)
+        overlap = resolve_overlap(tile, options.overlap)
+        factor = max(1, min(tile // 16, 64))
+        validity = coarse_validity(pair, factor)
+        shift = estimate_shift(pair, validity, factor)
+        timings["align_s"] = time.perf_counter() - t
+
+        # 2. tile
+        windows = filter_valid(grid_windows(grid.height, grid.width, tile, tile - overlap), validity, factor,
+                               MIN_VALID_FRACTION)
+        if not windows:
+            raise InputError(
+                f"before {before} and after {after} have no valid pixels in common (nodata, masked or NaN "
+                f"everywhere in their overlap{' inside the AOI' if options.aoi else ''}): check the files' nodata "
+                f"values or pass images of the same place"
+            )
+        logger.info("%d windows of %d² px (overlap %d px) over %d×%d px", len(windows), tile, overlap,
+                    grid.width, grid.height)
+
+        # 3. infer into the on-disk tile store
+        t = time.perf_counter()
+        if is_main:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            tmp_dir.mkdir()
+        accelerator.wait_for_everyone()
+        store = TileStore(tmp_dir / "tiles.f16", len(windows), windows[0].height, windows[0].width).create()
+        bar = _Progress(windows, grid.n_pixels, progress and is_main)
+        try:
+            predict_to_store(model, WindowDataset(pair, windows, tile), store, accelerator,
+                             batch_size=options.batch_size, workers=options.workers, on_batch=bar)
+        finally:
+            bar.close()
+        accelerator.wait_for_everyone()
+        timings["infer_s"] = time.perf_counter() - t
+        if not is_main:
+            return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False)
+
+        # 4. blend and stitch
+        t = time.perf_counter()
+        stats = stitch_to_cogs(store, windows, grid, tmp_prob, tmp_mask, overlap=overlap,
+                               threshold=options.threshold, blend=options.blend, aoi=pair.aoi_geometry(),
+                               n_workers=max(1, options.workers))
+        store.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        os.replace(tmp_prob, prob_path)
+        os.replace(tmp_mask, mask_path)
+        timings["stitch_s"] = time.perf_counter() - t
+        return RasterRun(pair, tile, overlap, windows, shift, stats, timings)
+    except BaseException:
+        if is_main:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        for p in (tmp_prob, tmp_mask):
+            p.unlink(missing_ok=True)
+        raise
+
+
+def map_scene(
+    before: str | os.PathLike,
+    after: str | os.PathLike,
+    out_gpkg: str | os.PathLike,
+    options: MapOptions,
+    *,
+    model=None,
+    attributes: dict | None = None,
+    progress: bool = True,
+    vectorize: Callable | None = None,
+) -> MapResult:
+    """Map the change between ``before`` and ``after`` into ``out_gpkg`` plus probability and mask COGs.
+
+    Args:
+        before: Earlier image (its grid is the reference).
+        after: Later image (warped onto the before grid).
+        out_gpkg: GeoPackage to write (layer ``options.layer``).
+        options: Run settings.
+        model: An already loaded model to reuse; else ``load_model(options.model)``.
+        attributes: Extra per-polygon attributes (``site_id``, ``before_date``...); dates read from the files' tags are
+            used where these do not give them.
+        progress: Show a tqdm bar (MP/s).
+        vectorize: Replacement for :func:`maskcd.vectorization.vectorize_changes` (same signature; benchmarks).
+
+    Returns:
+        A :class:`MapResult`; under ``accelerate launch`` only the main process writes outputs and fills it.
+
+    Raises:
+        InputError: Bad input (one line naming the file and the fix).
+        OutputExistsError: An output exists and ``options.overwrite`` is false.
+    """
+    t_start = time.perf_counter()
+    run_id = uuid.uuid4().hex[:12]
+    out, prob_out, mask_out = output_paths(out_gpkg, options)
+    _check_outputs([out, prob_out, mask_out], options.overwrite)
+
+    t = time.perf_counter()
+    if model is None:
+        from maskcd.models import load_model
+
+        model = load_model(options.model)
+    model.eval()
+    load_s = time.perf_counter() - t
+
+    tmp_prob = prob_out.with_name(f".{prob_out.name}.{run_id}.tif")
+    tmp_mask = mask_out.with_name(f".{mask_out.name}.{run_id}.tif")
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):
+        try:
+            rr = map_rasters(before, after, tmp_prob, tmp_mask, options, model=model, progress=progress)
+            timings = {"load_model_s": load_s, **rr.timings}
+            if not rr.is_main:
+                return MapResult(out, prob_out, mask_out, run_id=run_id, timings=timings)
+            pair, grid, stats, shift = rr.pair, rr.pair.grid, rr.stats, rr.shift
+
+            # 5. vectorise
+            t = time.perf_counter()
+            attrs = {
+                "before_date": pair.before_date,
+                "after_date": pair.after_date,
+                "model_name": options.model,
+                "model_sha": model_hash(model),
+                "run_id": run_id,
+            }
+            attrs.update({k: v for k, v in (attributes or {}).items() if v is not None})
+            attrs = {k: v for k, v in attrs.items() if v is not None}
+            if vectorize is None:
+                from maskcd.vectorization import vectorize_changes as vectorize
+            simplify = options.simplify if options.simplify is not None else grid.res[0]
+            gdf = vectorize(tmp_mask, tmp_prob, min_area_m2=float(options.min_area), simplify_m=simplify,
+                            attributes=attrs, n_workers=max(1, options.workers))
+            timings["vectorize_s"] = time.perf_counter() - t
+
+            # 6. write
+            t = time.perf_counter()
+            changed_km2 = float(gdf["area_m2"].sum()) / 1e6 if len(gdf) else 0.0
+            metadata = {
+                "run_id": run_id,
+                "arguments": {**options.to_dict(), "tile": rr.tile, "overlap_px": rr.overlap},
+                "inputs": {"before": _file_info(str(before)), "after": _file_info(str(after))},
+                "bands": list(pair.bands),
+                "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
+                         "height": grid.height},
+                "model": {"name": options.model, "sha256_16": attrs["model_sha"],
+                          "inference_spec": model.inference_spec.to_dict()},
+                "shift_estimate": shift.to_dict(),
+                "n_windows": len(rr.windows),
+                "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
+                "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,
+                "timings_s": {**timings, "wall_before_write_s": time.perf_counter() - t_start},
+                "mp_per_s": grid.n_pixels / 1e6 / max(timings["infer_s"], 1e-9),
+                "notes": list(pair.notes),
+                "versions": _versions(),
+                "outputs": {"prob": str(prob_out), "mask": str(mask_out)},
+            }
+            from maskcd.vectorization import write_changes_gpkg
+
+            write_changes_gpkg(gdf, out, layer=options.layer, metadata=metadata, overwrite=options.overwrite)
+            os.replace(tmp_prob, prob_out)
+            os.replace(tmp_mask, mask_out)
+            timings["write_s"] = time.perf_counter() - t
+        except BaseException:
+            for p in (tmp_prob, tmp_mask):
+                p.unlink(missing_ok=True)
+            raise
+    timings["total_s"] = time.perf_counter() - t_start
+    return MapResult(
+        gpkg=out,
+        prob_path=prob_out,
+        mask_path=mask_out,
+        n_pixels=grid.n_pixels,
+        valid_km2=stats.valid_pixels * grid.pixel_area_m2 / 1e6,
+        n_polygons=len(gdf),
+        changed_km2=changed_km2,
+        shift_px=(shift.dy, shift.dx),
+        timings=timings,
+        run_id=run_id,
+    )

@@ -1,0 +1,117 @@
+"""Integer pixel windows covering the reference grid (pipeline stage 2).
+
+TorchGeo's :class:`~torchgeo.samplers.GridGeoSampler` generates the grid, run on the scene's *pixel* space (a one-row
+index ``box(0, 0, W, H)`` with unit resolution), so its GeoSlices are integer pixel offsets and no float drift of
+``ymin + i·stride·res`` can creep in. It is wrapped to fix what TorchGeo 0.8 leaves to the caller (see
+``design/pipeline.md`` §4.1):
+
+* its last chip of each row/column **overhangs** the scene (``tile_to_chips`` = ceil((L-k)/s)+1): it is shifted back
+  inside (open-cd/mmseg style), so no synthetic pixels reach the model;
+* scenes smaller than a tile are **skipped** by TorchGeo: the wrapper emits one window of the scene size, which the
+  dataset pads (reflect) to the tile size;
+* windows with less than ``min_valid`` valid data (coarse validity) are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import shapely
+from geopandas import GeoDataFrame
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """A window ``[row, row+height) × [col, col+width)`` of the reference grid and which scene/AOI edges it touches."""
+
+    row: int
+    col: int
+    height: int
+    width: int
+    top: bool = False
+    bottom: bool = False
+    left: bool = False
+    right: bool = False
+
+
+def resolve_overlap(tile: int, overlap: float) -> int:
+    """Overlap in pixels from an int ≥ 1 (pixels) or a fraction < 1 of the tile; clipped to ``[0, tile/2]``."""
+    px = int(round(overlap * tile)) if 0 < overlap < 1 else int(round(overlap))
+    if px < 0:
+        raise ValueError(f"overlap must be ≥ 0, got {overlap}")
+    if px > tile // 2:
+        raise ValueError(f"overlap {px} px is more than half the tile {tile}: pass --overlap ≤ {tile // 2} (or ≤ 0.5)")
+    return px
+
+
+class _PixelSpace:
+    """The minimal GeoDataset surface GridGeoSampler needs, in pixel units: one footprint ``box(0, 0, W, H)``."""
+
+    def __init__(self, height: int, width: int):
+        t = pd.Timestamp(0)
+        self.index = GeoDataFrame(
+            {}, index=pd.IntervalIndex.from_tuples([(t, t)], closed="both", name="datetime"),
+            geometry=[shapely.box(0, 0, width, height)],
+        )
+        self.res = (1.0, 1.0)
+        self.bounds = (slice(0, width, 1), slice(0, height, 1), slice(t, t, 1))
+
+
+def _starts(length: int, tile: int, stride: int, torchgeo_starts: list[int]) -> list[int]:
+    """TorchGeo's starts with the overhanging last one shifted back inside (and duplicates removed)."""
+    if length <= tile:
+        return [0]
+    starts = sorted({min(s, length - tile) for s in torchgeo_starts})
+    if starts[-1] + tile < length:  # defensive: TorchGeo's ceil rule always reaches the end
+        starts.append(length - tile)
+    return starts
+
+
+def grid_windows(height: int, width: int, tile: int, stride: int) -> list[TileWindow]:
+    """Windows covering every pixel of an ``height × width`` grid, row-major.
+
+    Args:
+        height: Grid rows.
+        width: Grid columns.
+        tile: Window size (windows are ``min(tile, H) × min(tile, W)``).
+        stride: Step between windows (``tile - overlap``).
+    """
+    from torchgeo.samplers import GridGeoSampler
+
+    if stride < 1 or stride > tile:
+        raise ValueError(f"stride must be in [1, tile], got {stride} for tile {tile}")
+    th, tw = min(tile, height), min(tile, width)
+    ys: list[int] = []
+    xs: list[int] = []
+    if height >= tile and width >= tile:
+        for x_slice, y_slice, _ in GridGeoSampler(_PixelSpace(height, width), size=tile, stride=stride):
+            x0, y0 = x_slice.start, y_slice.start
+            if abs(x0 - round(x0)) > 1e-6 or abs(y0 - round(y0)) > 1e-6:
+                raise AssertionError(f"non-integer window offset {(y0, x0)}")
+            ys.append(int(round(y0)))
+            xs.append(int(round(x0)))
+    rows = _starts(height, th, stride, ys or [0])
+    cols = _starts(width, tw, stride, xs or [0])
+    return [
+        TileWindow(r, c, th, tw, top=r == 0, bottom=r + th >= height, left=c == 0, right=c + tw >= width)
+        for r in rows
+        for c in cols
+    ]
+
+
+def filter_valid(windows: list[TileWindow], validity: np.ndarray, factor: int, min_valid: float = 0.05) -> list[TileWindow]:
+    """Keep windows whose valid fraction (from a coarse validity map with ``factor``-px cells) is at least ``min_valid``."""
+    if validity.size == 0:
+        return []
+    csum = np.pad(validity.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    kept = []
+    for w in windows:
+        r0, c0 = w.row // factor, w.col // factor
+        r1 = max(r0 + 1, min(validity.shape[0], -(-(w.row + w.height) // factor)))
+        c1 = max(c0 + 1, min(validity.shape[1], -(-(w.col + w.width) // factor)))
+        n = csum[r1, c1] - csum[r0, c1] - csum[r1, c0] + csum[r0, c0]
+        if n / ((r1 - r0) * (c1 - c0)) >= min_valid:
+            kept.append(w)
+    return kept
