@@ -1,0 +1,55 @@
+"""FC-Siam-diff / SiamUnet-Diff (Daudt, Le Saux, Boulch, ICIP 2018).
+
+A weight-shared encoder (:mod:`maskcd.models.zoo._daudt`) runs on each date; every skip connection carries the
+absolute difference ``|enc(before) - enc(after)|`` of the two dates' encoder maps; the decoder starts from the after
+image's deepest pooled map, as in the authors' code. Output: 2-class logits.
+
+Loss: cross-entropy (no class weights, as in UCD).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedConfig
+
+from maskcd.models.registry import register_architecture
+from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
+from maskcd.models.zoo._daudt import Decoder, Encoder
+
+
+class SiamUnetDiffConfig(PreTrainedConfig):
+    """SiamUnet-Diff hyper-parameters.
+
+    Args:
+        dropout: Dropout2d rate after every convolution (0.2).
+    """
+
+    model_type = "maskcd-siamunet-diff"
+
+    def __init__(self, dropout: float = 0.2, **kwargs):
+        self.dropout = dropout
+        super().__init__(**kwargs)
+
+
+class SiamUnetDiff(ZooModel):
+    """Siamese U-Net with absolute-difference skip connections."""
+
+    config_class = SiamUnetDiffConfig
+
+    def __init__(self, config: SiamUnetDiffConfig):
+        super().__init__(config)
+        self.encoder = Encoder(self.num_bands, dropout=config.dropout)
+        self.decoder = Decoder(num_labels=2, skip_factor=1, dropout=config.dropout)
+        self.post_init()
+
+    def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
+        skips_a, _ = self.encoder(image_a)
+        skips_b, x = self.encoder(image_b)
+        skips = [(sa - sb).abs() for sa, sb in zip(skips_a, skips_b)]
+        return ZooPrediction(self.decoder(x, skips))
+
+    def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
+        return ce_loss(prediction.logits, labels)
+
+
+register_architecture("siamunet-diff", SiamUnetDiff, config_builder(SiamUnetDiffConfig))
