@@ -6,7 +6,7 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
    change pixels (value 1; nodata and every other value is background) into 4-connected components
    (:func:`scipy.ndimage.label`), computes per-label pixel counts and probability sums/maxima from the probability COG,
    and polygonises the label image with :func:`rasterio.features.shapes` (``connectivity=4``, ``mask=`` the change
-   pixels) in global *pixel* coordinates, so every vertex is an exact integer.
+   pixels) in global pixel space ``(col, -row)``, so every vertex is an exact integer.
 2. A component is *interior* when it touches no internal chunk edge; it is final as is. The others are *edge pieces*;
    the task returns its four border label strips. The driver unions pieces whose pixels are 4-adjacent across an
    internal edge (union-find over the strips: pixel-exact, no geometric predicate, diagonal contact never merges) and
@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +68,7 @@ class ChunkResult:
     Attributes:
         index: ``(chunk_row, chunk_col)``.
         labels: Component label per polygon (int64, local to the chunk).
-        wkb: Polygon per label in global pixel coordinates (WKB bytes, object array).
+        wkb: Polygon per label in global pixel space ``(col, -row)`` (WKB bytes, object array).
         n_pixels, n_prob, prob_sum, prob_max: Per-label change pixel count, pixels with valid probability, their sum and
             maximum (raw uint8 units; max is -1 where none is valid).
         first: ``(row, col)`` of each label's first pixel in raster order, global pixel indices (int64, shape (n, 2)).
@@ -99,7 +98,7 @@ def _read_grid(mask_path: Path, prob_path: Path | None) -> _Grid:
     with src:
         if src.crs is None:
             raise InputError(f"{mask_path}: the change mask has no CRS; write it with the reference image's CRS")
-        block = src.block_shapes[0] if src.is_tiled else None
+        block = src.block_shapes[0] if src.profile.get("tiled") else None
         grid = dict(height=src.height, width=src.width, transform=src.transform, crs=src.crs, mask_nodata=src.nodata,
                     block=block)
     prob_nodata = None
@@ -217,11 +216,10 @@ def polygonize_chunk(
         first.append((r0 + sl[0].start, c0 + sl[1].start + int(np.argmax(top == k))))
     ids = np.asarray(ids, np.int64)
     geoms: dict[int, list] = {}
-    transform = Affine(1.0, 0.0, float(c0), 0.0, 1.0, float(r0))
-    with warnings.catch_warnings():  # the first chunk's pixel transform is the identity, which rasterio flags
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        for geom, value in features.shapes(labels, mask=shape_mask, connectivity=4, transform=transform):
-            geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    # pixel space is (col, -row): exact integer vertices, and never the identity transform that rasterio warns about
+    transform = Affine(1.0, 0.0, float(c0), 0.0, -1.0, -float(r0))
+    for geom, value in features.shapes(labels, mask=shape_mask, connectivity=4, transform=transform):
+        geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
     polys = [g[0] if len(g) == 1 else shapely.union_all(g) for g in (geoms[k] for k in ids)]
     return ChunkResult(
         index=index, labels=ids, wkb=shapely.to_wkb(np.asarray(polys, dtype=object)), n_pixels=n_pix[ids],
@@ -327,12 +325,11 @@ def _metric_info(grid: _Grid) -> tuple[float, float | None]:
     if grid.crs.is_geographic:
         from pyproj import Transformer
 
-        cx, cy = t * (grid.width / 2, grid.height / 2)
-        utm = _utm_for(cx, cy)
-        tr = Transformer.from_crs(grid.crs, utm, always_xy=True)
-        x0, y0 = tr.transform(*(t * (grid.width / 2, grid.height / 2)))
-        x1, y1 = tr.transform(*(t * (grid.width / 2 + 1, grid.height / 2)))
-        x2, y2 = tr.transform(*(t * (grid.width / 2, grid.height / 2 + 1)))
+        cx, cy = t @ (grid.width / 2, grid.height / 2)
+        tr = Transformer.from_crs(grid.crs, _utm_for(cx, cy), always_xy=True)
+        x0, y0 = tr.transform(cx, cy)
+        x1, y1 = tr.transform(*(t @ (grid.width / 2 + 1, grid.height / 2)))
+        x2, y2 = tr.transform(*(t @ (grid.width / 2, grid.height / 2 + 1)))
         return math.sqrt(math.hypot(x1 - x0, y1 - y0) * math.hypot(x2 - x0, y2 - y0)), None
     try:
         unit = float(grid.crs.linear_units_factor[1])
@@ -369,11 +366,11 @@ def _to_multipolygons(geoms: np.ndarray) -> np.ndarray:
 
 
 def _affine(geoms: np.ndarray, t: Affine) -> np.ndarray:
-    """Pixel (col, row) coordinates -> map coordinates through the geotransform ``t``."""
+    """Pixel-space ``(col, -row)`` coordinates -> map coordinates through the geotransform ``t``."""
     if not len(geoms):
         return geoms
     return shapely.transform(
-        geoms, lambda xy: np.column_stack([t.a * xy[:, 0] + t.b * xy[:, 1] + t.c, t.d * xy[:, 0] + t.e * xy[:, 1] + t.f])
+        geoms, lambda xy: np.column_stack([t.a * xy[:, 0] - t.b * xy[:, 1] + t.c, t.d * xy[:, 0] - t.e * xy[:, 1] + t.f])
     )
 
 
