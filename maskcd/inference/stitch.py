@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 import rasterio
 import rasterio.shutil
+from affine import Affine
 from rasterio.features import geometry_mask
 
 from maskcd.inference.blend import window_weights
@@ -127,7 +128,7 @@ def stitch_to_cogs(
         p = blend_chunk(store, windows, starts, r0, r1, c0, c1, overlap=overlap, blend=blend)
         nod = np.isnan(p)
         if aoi is not None:
-            nod |= geometry_mask([aoi], out_shape=p.shape, transform=transform * transform.translation(c0, r0))
+            nod |= geometry_mask([aoi], out_shape=p.shape, transform=transform @ Affine.translation(c0, r0))
         prob = np.clip(np.rint(np.nan_to_num(p) * PROB_SCALE), 0, PROB_SCALE).astype(np.uint8)
         mask = (np.nan_to_num(p) > threshold).astype(np.uint8)
         prob[nod] = NODATA

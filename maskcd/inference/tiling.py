@@ -63,9 +63,11 @@ def _starts(length: int, tile: int, stride: int, torchgeo_starts: list[int]) -> 
     """TorchGeo's starts with the overhanging last one shifted back inside (and duplicates removed)."""
     if length <= tile:
         return [0]
+    if not torchgeo_starts:
+        raise AssertionError("GridGeoSampler produced no window")
     starts = sorted({min(s, length - tile) for s in torchgeo_starts})
-    if starts[-1] + tile < length:  # defensive: TorchGeo's ceil rule always reaches the end
-        starts.append(length - tile)
+    if starts[-1] + tile < length or max(np.diff(starts), default=0) > stride:
+        raise AssertionError(f"windows leave a gap: starts {starts} for length {length}, tile {tile}, stride {stride}")
     return starts
 
 
@@ -82,18 +84,19 @@ def grid_windows(height: int, width: int, tile: int, stride: int) -> list[TileWi
 
     if stride < 1 or stride > tile:
         raise ValueError(f"stride must be in [1, tile], got {stride} for tile {tile}")
+    # an axis shorter than the tile gets one window of its length (TorchGeo would skip the scene): the dataset pads
+    # it to the model tile with reflection
     th, tw = min(tile, height), min(tile, width)
     ys: list[int] = []
     xs: list[int] = []
-    if height >= tile and width >= tile:
-        for x_slice, y_slice, _ in GridGeoSampler(_PixelSpace(height, width), size=tile, stride=stride):
-            x0, y0 = x_slice.start, y_slice.start
-            if abs(x0 - round(x0)) > 1e-6 or abs(y0 - round(y0)) > 1e-6:
-                raise AssertionError(f"non-integer window offset {(y0, x0)}")
-            ys.append(int(round(y0)))
-            xs.append(int(round(x0)))
-    rows = _starts(height, th, stride, ys or [0])
-    cols = _starts(width, tw, stride, xs or [0])
+    for x_slice, y_slice, _ in GridGeoSampler(_PixelSpace(height, width), size=(th, tw), stride=stride):
+        x0, y0 = x_slice.start, y_slice.start
+        if abs(x0 - round(x0)) > 1e-6 or abs(y0 - round(y0)) > 1e-6:
+            raise AssertionError(f"non-integer window offset {(y0, x0)}")
+        ys.append(int(round(y0)))
+        xs.append(int(round(x0)))
+    rows = _starts(height, th, stride, ys)
+    cols = _starts(width, tw, stride, xs)
     return [
         TileWindow(r, c, th, tw, top=r == 0, bottom=r + th >= height, left=c == 0, right=c + tw >= width)
         for r in rows

@@ -64,13 +64,13 @@ class Grid:
         return self.res[0] * self.res[1]
 
     def window_transform(self, row: int, col: int) -> Affine:
-        return self.transform * Affine.translation(col, row)
+        return self.transform @ Affine.translation(col, row)
 
     def scaled(self, factor: int) -> Grid:
         """The grid with ``factor``-times larger pixels over (at least) the same footprint."""
         w = max(1, math.ceil(self.width / factor))
         h = max(1, math.ceil(self.height / factor))
-        return Grid(self.crs, self.transform * Affine.scale(factor), w, h)
+        return Grid(self.crs, self.transform @ Affine.scale(factor), w, h)
 
 
 @dataclass(frozen=True)
@@ -243,8 +243,8 @@ def _snap_window(grid: Grid, bounds: tuple[float, float, float, float]) -> tuple
     """Pixel window ``(row0, col0, row1, col1)`` of the grid covering ``bounds`` (snapped outward), or None."""
     inv = ~grid.transform
     left, bottom, right, top = bounds
-    c0, r0 = inv * (left, top)
-    c1, r1 = inv * (right, bottom)
+    c0, r0 = inv @ (left, top)
+    c1, r1 = inv @ (right, bottom)
     eps = 1e-6
     r0, c0 = max(0, math.floor(r0 + eps)), max(0, math.floor(c0 + eps))
     r1, c1 = min(grid.height, math.ceil(r1 - eps)), min(grid.width, math.ceil(c1 - eps))
