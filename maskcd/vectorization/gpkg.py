@@ -165,6 +165,8 @@ def add_layer_to_gpkg(
     path = Path(gpkg_path)
     if not path.is_file():
         raise InputError(f"{path}: GeoPackage does not exist; create it with write_changes_gpkg first")
+    if layer in RESERVED_LAYERS:
+        raise ValueError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
     existing = {name for name, _ in pyogrio.list_layers(path)}
     if layer in existing and not overwrite_layer:
         raise OutputExistsError(f"{path}: layer {layer!r} exists; pass overwrite_layer=True or choose another name")

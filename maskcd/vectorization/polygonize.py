@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,8 +219,10 @@ def polygonize_chunk(
     geoms: dict[int, list] = {}
     # pixel space is (col, -row): exact integer vertices, and never the identity transform that rasterio warns about
     transform = Affine(1.0, 0.0, float(c0), 0.0, -1.0, -float(r0))
-    for geom, value in features.shapes(labels, mask=shape_mask, connectivity=4, transform=transform):
-        geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
+    with warnings.catch_warnings():  # rasterio wraps the mask array in a dataset without a transform and says so
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        for geom, value in features.shapes(labels, mask=shape_mask, connectivity=4, transform=transform):
+            geoms.setdefault(int(value), []).append(shapely.geometry.shape(geom))
     polys = [g[0] if len(g) == 1 else shapely.union_all(g) for g in (geoms[k] for k in ids)]
     return ChunkResult(
         index=index, labels=ids, wkb=shapely.to_wkb(np.asarray(polys, dtype=object)), n_pixels=n_pix[ids],
