@@ -1,0 +1,216 @@
+"""Training loop on ``accelerate``: the published MaskCD recipe (``models.md`` §2.1) with its bugs fixed.
+
+* Adam/AdamW, learning rate per process batch; **per-epoch** cosine schedule (``eta_min`` = ``min_lr``) after a
+  linear warm-up of ``warmup_epochs`` (the published scripts step a ``T_max=100`` cosine every *iteration*).
+* bf16 autocast on GPU (``accelerate`` mixed precision), gradient accumulation, gradient clipping, seed.
+* Validation on the ``val`` split every ``val_every`` epochs (and after the last); F1 from TP/FP/FN summed over the
+  split and all processes (:mod:`maskcd.training.evaluate`). ``best_f1/`` is written when F1 improves (the published
+  script never updates its best F1) and ``last/`` after every epoch.
+* A checkpoint folder = ``save_pretrained`` model (config.json with the inference spec + model.safetensors) +
+  ``training_state.pt`` (optimizer, scheduler, epoch, best F1) saved with ``torch.save`` of plain state dicts and read
+  back with ``torch.load(weights_only=True)``. ``resume`` continues at the epoch after the stored one.
+* ``metrics.jsonl``: one JSON line per epoch (loss, lr, pairs/s, validation metrics when run).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from maskcd.data.patches import collate
+from maskcd.errors import InputError, OutputExistsError
+from maskcd.training.data import DataOptions, dataset_name, make_split
+from maskcd.training.evaluate import evaluate
+
+STATE_FILE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``maskcd-train`` can set (see ``maskcd-train --help``)."""
+
+    dataset: str
+    model: str = "maskcd-swin-t"
+    output_dir: str | None = None
+    batch_size: int = 8
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    epochs: int = 100
+    warmup_epochs: int = 0
+    min_lr: float = 1e-7
+    grad_accum: int = 1
+    clip_grad: float | None = 1.0
+    mixed_precision: str = "auto"
+    val_every: int = 5
+    val_batch_size: int = 8
+    seed: int = 0
+    num_workers: int = 0
+    resume: str | None = None
+    overwrite: bool = False
+    max_steps_per_epoch: int | None = None
+    data: DataOptions = field(default_factory=DataOptions)
+
+
+def lr_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate multiplier of ``epoch`` (0-based): linear warm-up, then cosine down to ``min_ratio``."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    span = max(1, epochs - warmup)
+    progress = min(1.0, (epoch - warmup) / span)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, best_f1: float, metrics: dict | None):
+    """Write a checkpoint folder atomically (temporary sibling, then rename)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                    "best_f1": best_f1}, tmp / STATE_FILE)
+        if metrics is not None:
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_training_state(folder: Path) -> dict:
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise InputError(f"{folder} has no {STATE_FILE}: --resume needs a last/ (or best_f1/) folder written by maskcd-train")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _output_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.output_dir) if cfg.output_dir else Path("exp") / dataset_name(cfg.dataset)
+
+
+def train(cfg: TrainConfig, accelerator=None) -> dict:
+    """Run training; returns a summary (best F1, epochs run, output folder)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    from maskcd.models import load_model
+
+    if cfg.mixed_precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    else:
+        precision = cfg.mixed_precision
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    set_seed(cfg.seed)
+    out_dir = _output_dir(cfg)
+    resume_dir = None
+    if cfg.resume:
+        resume_dir = out_dir / "last" if cfg.resume in ("1", "true", "last") else Path(cfg.resume)
+        if not resume_dir.is_dir():
+            raise InputError(f"--resume: {resume_dir} is not a folder (pass the last/ folder of an earlier run)")
+    elif (out_dir / "last").exists() and not cfg.overwrite:
+        raise OutputExistsError(f"{out_dir} already holds a run: pass --resume {out_dir / 'last'} to continue it, "
+                                f"--overwrite to start again, or another --output-dir")
+
+    model = load_model(resume_dir or cfg.model)
+    spec = model.inference_spec
+    train_ds = make_split(cfg.dataset, "train", spec, cfg.data, train=True)
+    val_ds = make_split(cfg.dataset, "val", spec, cfg.data, train=False)
+    if len(train_ds) < 1:
+        raise InputError(f"dataset {cfg.dataset}: the train split is empty")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=False,
+                        num_workers=cfg.num_workers, generator=gen)
+    if cfg.optimizer.lower() == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer.lower() == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    else:
+        raise InputError(f"--optimizer must be adam or adamw, got {cfg.optimizer!r}")
+    min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.warmup_epochs, min_ratio))
+    start_epoch, best_f1 = 0, -1.0
+    if resume_dir is not None:
+        state = load_training_state(resume_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_f1 = int(state["epoch"]) + 1, float(state["best_f1"])
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    log_path = out_dir / "metrics.jsonl"
+    last_metrics = None
+    for epoch in range(start_epoch, cfg.epochs):
+        for ds in (train_ds,):
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        model.train()
+        total_loss, n_pairs, steps = 0.0, 0, 0
+        tick = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
+        for batch in bar:
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    out = model(batch["image_a"], batch["image_b"], labels=batch["label"])
+                loss = out.loss
+                accelerator.backward(loss)
+                if cfg.clip_grad and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            n = batch["image_a"].shape[0] * accelerator.num_processes
+            total_loss += loss.detach().float().item() * n
+            n_pairs += n
+            steps += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{n_pairs / max(time.time() - tick, 1e-9):.1f}")
+            if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
+                break
+        elapsed = time.time() - tick
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        record = {"epoch": epoch, "loss": total_loss / max(n_pairs, 1), "lr": lr, "pairs": n_pairs,
+                  "pairs_per_s": n_pairs / max(elapsed, 1e-9), "seconds": elapsed}
+        if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+            val = evaluate(accelerator.unwrap_model(model), val_ds, accelerator, batch_size=cfg.val_batch_size,
+                           objects=False)
+            record["val"] = val
+            if val["f1"] > best_f1:
+                best_f1 = val["f1"]
+                if accelerator.is_main_process:
+                    save_checkpoint(out_dir / "best_f1", accelerator.unwrap_model(model), optimizer, scheduler,
+                                    epoch, best_f1, record)
+        record["best_f1"] = best_f1
+        if accelerator.is_main_process:
+            save_checkpoint(out_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler, epoch, best_f1,
+                            record)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            accelerator.print(json.dumps({k: v for k, v in record.items() if k != "val"}
+                                         | ({"val_f1": record["val"]["f1"]} if "val" in record else {})))
+        last_metrics = record
+        accelerator.wait_for_everyone()
+    return {"output_dir": str(out_dir), "best_f1": best_f1, "start_epoch": start_epoch, "last": last_metrics}
