@@ -6,3 +6,4 @@ from maskcd.models.zoo import fc_ef, siamunet_conc, siamunet_diff  # noqa: F401
 from maskcd.models.zoo import snunet  # noqa: F401
 from maskcd.models.zoo import bit  # noqa: F401
 from maskcd.models.zoo import changeformer  # noqa: F401
+from maskcd.models.zoo import a2net  # noqa: F401
