@@ -7,3 +7,4 @@ from maskcd.models.zoo import snunet  # noqa: F401
 from maskcd.models.zoo import bit  # noqa: F401
 from maskcd.models.zoo import changeformer  # noqa: F401
 from maskcd.models.zoo import a2net  # noqa: F401
+from maskcd.models.zoo import tinycd  # noqa: F401
