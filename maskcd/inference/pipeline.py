@@ -310,6 +310,7 @@ def map_scene(
                 "arguments": {**options.to_dict(), "tile": rr.tile, "overlap_px": rr.overlap},
                 "inputs": {"before": _file_info(str(before)), "after": _file_info(str(after))},
                 "bands": list(pair.bands),
+                "dates": {"before": attrs.get("before_date"), "after": attrs.get("after_date")},
                 "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
                          "height": grid.height},
                 "model": {"name": options.model, "sha256_16": attrs["model_sha"],

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from maskcd.errors import MaskCDError
 from maskcd.inference.dataset import WindowDataset, collate_windows
 from maskcd.inference.store import TileStore
 
@@ -66,6 +67,19 @@ def _flush(pending, store: TileStore, windows) -> None:
         store.write(i, p)
 
 
+@contextlib.contextmanager
+def _worker_errors():
+    """Re-raise a :class:`MaskCDError` from a DataLoader worker with its own one-line message (not the wrapper's)."""
+    try:
+        yield
+    except MaskCDError as err:
+        text = str(err)
+        if "Original Traceback" in text:
+            last = [ln for ln in text.splitlines() if ln.strip()][-1]
+            raise type(err)(last.split(": ", 1)[1] if ": " in last else last) from None
+        raise
+
+
 def predict_to_store(
     model: torch.nn.Module,
     dataset: WindowDataset,
@@ -101,7 +115,7 @@ def predict_to_store(
     )
     pending = None
     done = 0
-    with torch.inference_mode():
+    with torch.inference_mode(), _worker_errors():
         for batch in loader:
             with autocast:
                 prob = model(batch["image_a"], batch["image_b"]).change_prob

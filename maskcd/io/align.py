@@ -24,6 +24,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
@@ -122,10 +123,10 @@ def _vrt_kwargs(src: rasterio.DatasetReader, grid: Grid, resampling: Resampling)
         kw.update(src_nodata=src.nodata, nodata=src.nodata)
     elif np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
         kw.update(src_nodata=float("nan"), nodata=float("nan"))
-    else:
+    elif not alpha:
+        # no nodata, no alpha: an added alpha band marks what the source covers (plus any internal mask)
         kw.update(add_alpha=True)
-        if alpha:
-            kw.update(src_alpha=alpha[0])
+    # with an alpha band, rasterio carries it into the VRT itself and read_masks follows it
     return kw
 
 
@@ -146,10 +147,16 @@ class PairReader:
         self._vrt_b = WarpedVRT(self._src_b, **_vrt_kwargs(self._src_b, grid, resampling))
 
     @staticmethod
-    def _read(ds, bands, window) -> tuple[np.ndarray, np.ndarray]:
+    def _read(ds, bands, window, role: str, path: str) -> tuple[np.ndarray, np.ndarray]:
         # windows are always inside the grid: never boundless (WarpedVRT raises on boundless reads)
-        data = ds.read(bands, window=window, out_dtype="float32")
-        valid = ds.read_masks(bands, window=window).min(axis=0) > 0
+        try:
+            data = ds.read(bands, window=window, out_dtype="float32")
+            valid = ds.read_masks(bands, window=window).min(axis=0) > 0
+        except RasterioIOError as err:
+            raise InputError(
+                f"{role} image {path} cannot be read near pixel row {int(window.row_off)}, col {int(window.col_off)} "
+                f"({str(err).splitlines()[0]}): the file is corrupt or truncated"
+            ) from err
         valid &= ~np.isnan(data).any(axis=0)
         return data, valid
 
@@ -157,10 +164,10 @@ class PairReader:
         bands = list(self.pair.bands)
         if self._vrt_a is None:
             r0, c0 = self.pair.before_offset
-            a, va = self._read(self._src_a, bands, Window(c0 + col, r0 + row, width, height))
+            a, va = self._read(self._src_a, bands, Window(c0 + col, r0 + row, width, height), "before", self.pair.before)
         else:
-            a, va = self._read(self._vrt_a, bands, Window(col, row, width, height))
-        b, vb = self._read(self._vrt_b, bands, Window(col, row, width, height))
+            a, va = self._read(self._vrt_a, bands, Window(col, row, width, height), "before", self.pair.before)
+        b, vb = self._read(self._vrt_b, bands, Window(col, row, width, height), "after", self.pair.after)
         valid = va & vb
         a[:, ~valid] = 0.0
         b[:, ~valid] = 0.0

@@ -47,8 +47,9 @@ def open_raster(path: str | os.PathLike, role: str) -> rasterio.DatasetReader:
             # rotated grids are handled by warping too, but the reference grid must be north-up
             if role == "before":
                 raise InputError(f"{role} image {p} has a rotated geotransform: warp it north-up first (gdalwarp)")
-        # touch one block so that a truncated / corrupt file fails here and not inside a worker
-        ds.read(1, window=((0, min(1, ds.height)), (0, min(1, ds.width))))
+        # a decimated read touches blocks spread over the whole file, so that a truncated / corrupt file fails here
+        # and not inside a worker
+        ds.read(1, out_shape=(min(64, ds.height), min(64, ds.width)))
     except InputError:
         ds.close()
         raise
