@@ -144,7 +144,7 @@ class SiteData:
 
     Attributes:
         before, after, label: TorchGeo datasets (the label a ``RasterDataset`` or a ``VectorDataset``).
-        roi: Shapely polygon in the before CRS where all inputs are present (and inside the AOI).
+        roi: Shapely polygon in the before CRS where both dates (and a label raster) are present, inside the AOI.
     """
 
     def __init__(self, site: SceneSite):
@@ -167,7 +167,9 @@ class SiteData:
             raise
         except Exception as err:  # torchgeo raises DatasetNotFoundError/rasterio errors for unreadable files
             raise InputError(f"site {site.name!r}: cannot read its rasters ({type(err).__name__}: {err})") from err
-        footprints = [shapely.union_all(ds.index.geometry.values) for ds in (self.before, self.after, self.label)]
+        # a label raster bounds the labelled area; polygons do not (no polygon = no change)
+        datasets = (self.before, self.after, self.label) if site.label is not None else (self.before, self.after)
+        footprints = [shapely.union_all(ds.index.geometry.values) for ds in datasets]
         roi = shapely.intersection_all(footprints)
         if site.aoi is not None:
             import geopandas as gpd
@@ -192,7 +194,12 @@ class SiteData:
         ``(H, W)`` with 0 = unchanged, 1 = changed, 255 = ignored."""
         a = self.before[query]["image"]
         b = self.after[query]["image"]
-        raw = self.label[query]["mask"].long()
+        try:
+            raw = self.label[query]["mask"].long()
+        except IndexError:
+            if self.site.labels is None:
+                raise
+            raw = torch.zeros(a.shape[-2:], dtype=torch.long)  # no polygon near this chip: no change
         label = torch.zeros_like(raw)
         label[raw == self.site.change_value] = 1
         if self.site.ignore_value is not None and self.site.ignore_value != self.site.change_value:
