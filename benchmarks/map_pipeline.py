@@ -1,0 +1,268 @@
+"""Benchmark of ``maskcd-map`` (issue 3): pipeline overhead over the bare model, and memory vs scene size.
+
+Run: ``.venv/bin/python benchmarks/map_pipeline.py`` (CPU, Swin-T MaskCD, 1024² scene, RSS at 2k/8k/16k), or on a GPU:
+``.venv/bin/python benchmarks/map_pipeline.py --device cuda --preset maskcd-swin-b --bf16 --size 4096``.
+
+(a) ``map_scene`` wall time (align + shift estimate + tiling + DataLoader reads + inference + Dask blend/stitch + COGs
+    + vectorise + GeoPackage; the model is loaded beforehand and passed in) divided by the bare batched forward pass
+    over the *same* windows, pre-read into memory (goal ≤ 1.15). Also pairs/s and MP/s of the forward.
+(b) Vectorising a 16k² mask with Dask vs ``gdal_polygonize``: ``benchmarks/vectorize.py`` (issue 3b), run with
+    ``--vectorize``.
+(c) Peak RSS of a whole ``map_scene`` run at 2k, 8k and 16k square scenes, each in its own child process (its own peak
+    ``RUSAGE_SELF`` plus its DataLoader workers' ``RUSAGE_CHILDREN``). The scenes are GDAL VRT mosaics of one seeded
+    2048² synthetic pair (no 16k² file on disk); the model is a fast pixel-difference model (local mean of
+    ``|after - before|``), because this part measures the pipeline's memory, not the model. Goal: flat and < 3 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from maskcd.models.base import ChangeDetectionOutput, InferenceSpec  # noqa: E402
+
+
+class PixelDiffModel(torch.nn.Module):
+    """Fast stand-in for memory measurements: p = clip(avgpool5(mean_c |b - a|) · gain, 0, 1)."""
+
+    def __init__(self, tile: int, gain: float = 3.0):
+        super().__init__()
+        self.gain = gain
+        self.config = SimpleNamespace(_name_or_path="")
+        self.spec = InferenceSpec(tile_size=tile)
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    @property
+    def inference_spec(self) -> InferenceSpec:
+        return self.spec
+
+    def forward(self, image_a, image_b, labels=None):
+        d = (image_b - image_a).abs().mean(1, keepdim=True)
+        d = torch.nn.functional.avg_pool2d(d, 5, stride=1, padding=2)
+        return ChangeDetectionOutput(change_prob=(d[:, 0] * self.gain / 4.0).clamp(0, 1))
+
+
+def _peak_mb() -> tuple[float, float]:
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_forward(model, pair, windows, tile: int, batch_size: int, device: torch.device, bf16: bool) -> float:
+    """Seconds of the batched forward over ``windows`` read beforehand (same normalisation and padding)."""
+    from maskcd.inference.dataset import WindowDataset, collate_windows
+
+    ds = WindowDataset(pair, windows, tile)
+    batches = [collate_windows([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
+               for i in range(0, len(ds), batch_size)]
+    batches = [(b["image_a"].to(device), b["image_b"].to(device)) for b in batches]
+    ac = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else None
+    _sync(device)
+    t = time.perf_counter()
+    with torch.inference_mode():
+        outs = []
+        for a, b in batches:
+            if ac is not None:
+                with ac:
+                    outs.append(model(a, b).change_prob)
+            else:
+                outs.append(model(a, b).change_prob)
+        _sync(device)
+        _ = [o.float().cpu() for o in outs]
+    return time.perf_counter() - t
+
+
+def part_a(args, work: Path) -> None:
+    from maskcd.data.synthetic import make_scene_pair
+    from maskcd.inference import MapOptions, map_scene
+    from maskcd.inference.pipeline import MIN_VALID_FRACTION
+    from maskcd.inference.tiling import filter_valid, grid_windows, resolve_overlap
+    from maskcd.io import align_pair, coarse_validity
+    from maskcd.models import build_model
+
+    scene = make_scene_pair(work / "a", seed=31, size=args.size)
+    torch.manual_seed(0)
+    model = build_model(args.preset).eval()
+    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    model.to(device)
+    spec = model.inference_spec
+    tile = args.tile or spec.tile_size
+    opts = MapOptions(model=args.preset, tile=tile, overlap=args.overlap, batch_size=args.batch_size,
+                      workers=args.workers, device=args.device, overwrite=True)
+    # warm-up (kernels, allocator) so that neither measurement pays it
+    with torch.inference_mode():
+        x = torch.zeros(min(2, args.batch_size), spec.num_bands, tile, tile, device=device)
+        if args.bf16 and device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                model(x, x)
+        else:
+            model(x, x)
+    _sync(device)
+
+    pair = align_pair(scene["before"], scene["after"], spec)
+    overlap = resolve_overlap(tile, args.overlap)
+    factor = max(1, min(tile // 16, 64))
+    windows = filter_valid(grid_windows(pair.grid.height, pair.grid.width, tile, tile - overlap),
+                           coarse_validity(pair, factor), factor, MIN_VALID_FRACTION)
+    print(f"(a) {args.preset} on {args.device}{' bf16' if args.bf16 else ''}: {args.size}² synthetic scene, tile {tile}, "
+          f"overlap {overlap} px, batch {args.batch_size}, {len(windows)} windows, {args.workers} reader worker(s), "
+          f"{torch.get_num_threads()} torch threads")
+    t_bare = bare_forward(model, pair, windows, tile, args.batch_size, device, args.bf16)
+    t = time.perf_counter()
+    res = map_scene(scene["before"], scene["after"], work / "a" / "out.gpkg", opts, model=model, progress=False)
+    t_map = time.perf_counter() - t
+    t_bare2 = bare_forward(model, pair, windows, tile, args.batch_size, device, args.bf16)
+    t_ref = min(t_bare, t_bare2)
+    stages = ", ".join(f"{k[:-2]} {v:.2f}" for k, v in res.timings.items() if k.endswith("_s") and k != "total_s")
+    print(f"    bare batched forward: {t_bare:.2f} s / {t_bare2:.2f} s (before/after the map run; best used) "
+          f"= {len(windows) / t_ref:.2f} pairs/s, {len(windows) * tile * tile / 1e6 / t_ref:.2f} MP/s of windows")
+    print(f"    maskcd-map (map_scene): {t_map:.2f} s [{stages}], {res.n_polygons} polygons")
+    print(f"    ratio map / bare forward = {t_map / t_ref:.3f} (goal <= 1.15: {'met' if t_map / t_ref <= 1.15 else 'NOT met'})")
+
+
+def write_mosaic_vrt(src: Path, dst: Path, size: int) -> Path:
+    """A ``size × size`` VRT tiling ``src`` (north-up) repeatedly from its origin."""
+    import rasterio
+
+    with rasterio.open(src) as ds:
+        w, h, count, t, wkt = ds.width, ds.height, ds.count, ds.transform, ds.crs.to_wkt()
+        dtype = {"uint8": "Byte"}[ds.dtypes[0]]
+    lines = [f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}">',
+             f"  <SRS>{wkt.replace('&', '&amp;').replace('<', '&lt;')}</SRS>",
+             f"  <GeoTransform>{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>"]
+    for b in range(1, count + 1):
+        lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
+        for r in range(0, size, h):
+            for c in range(0, size, w):
+                cw, ch = min(w, size - c), min(h, size - r)
+                lines.append(
+                    f'    <SimpleSource><SourceFilename relativeToVRT="0">{src}</SourceFilename>'
+                    f"<SourceBand>{b}</SourceBand>"
+                    f'<SrcRect xOff="0" yOff="0" xSize="{cw}" ySize="{ch}"/>'
+                    f'<DstRect xOff="{c}" yOff="{r}" xSize="{cw}" ySize="{ch}"/></SimpleSource>')
+        lines.append("  </VRTRasterBand>")
+    lines.append("</VRTDataset>")
+    dst.write_text("\n".join(lines))
+    return dst
+
+
+def child_rss(args, work: Path) -> None:
+    from maskcd.inference import MapOptions, map_scene
+
+    torch.set_num_threads(max(1, args.threads))
+    base = work / "base"
+    size = args.child_rss
+    before = write_mosaic_vrt(base / "bench_before.tif", work / f"before_{size}.vrt", size)
+    after = write_mosaic_vrt(base / "bench_after.tif", work / f"after_{size}.vrt", size)
+    out = work / f"rss_{size}" / "out.gpkg"
+    out.parent.mkdir(exist_ok=True)
+    opts = MapOptions(model="pixel-diff", tile=args.rss_tile, overlap=64, batch_size=2, workers=1, device="cpu",
+                      overwrite=True, min_area=25.0)
+    t = time.perf_counter()
+    res = map_scene(before, after, out, opts, model=PixelDiffModel(args.rss_tile), progress=False)
+    wall = time.perf_counter() - t
+    self_mb, kids_mb = _peak_mb()
+    print(json.dumps({"size": size, "wall_s": wall, "peak_self_mb": self_mb, "peak_workers_mb": kids_mb,
+                      "n_polygons": res.n_polygons, "timings": res.timings}))
+    shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def part_c(args, work: Path) -> None:
+    from maskcd.data.synthetic import make_scene_pair
+
+    base = work / "base"
+    make_scene_pair(base, seed=77, size=2048, prefix="bench")
+    print(f"(c) peak RSS per scene size (VRT mosaics of a 2048² synthetic pair; pixel-difference model; tile "
+          f"{args.rss_tile}, Dask stitching/vectorising on 2 workers)")
+    peaks = []
+    for size in args.rss_sizes:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child-rss", str(size), "--workdir", str(work),
+               "--rss-tile", str(args.rss_tile), "--threads", str(args.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"    {size}²: FAILED\n{proc.stderr[-2000:]}")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        total = r["peak_self_mb"] + r["peak_workers_mb"]
+        peaks.append(total)
+        t = r["timings"]
+        print(f"    {size:>6}² = {size * size / 1e6:7.1f} MP: peak RSS main {r['peak_self_mb']:.0f} MB + reader worker "
+              f"{r['peak_workers_mb']:.0f} MB = {total:.0f} MB; wall {r['wall_s']:.1f} s (align {t.get('align_s', 0):.1f}, "
+              f"infer {t.get('infer_s', 0):.1f}, stitch {t.get('stitch_s', 0):.1f}, vectorise "
+              f"{t.get('vectorize_s', 0):.1f}, write {t.get('write_s', 0):.1f}), {r['n_polygons']} polygons")
+    if peaks:
+        flat = max(peaks) / min(peaks)
+        print(f"    largest/smallest peak = {flat:.2f}; max {max(peaks):.0f} MB (goal flat and < 3000 MB: "
+              f"{'met' if max(peaks) < 3000 and flat < 1.5 else 'NOT met'})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="maskcd-swin-t")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    ap.add_argument("--size", type=int, default=1024, help="scene size of part (a)")
+    ap.add_argument("--tile", type=int, default=None)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--rss-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 8192, 16384])
+    ap.add_argument("--rss-tile", type=int, default=1024)
+    ap.add_argument("--skip-a", action="store_true")
+    ap.add_argument("--skip-c", action="store_true")
+    ap.add_argument("--vectorize", action="store_true", help="also run part (b): benchmarks/vectorize.py")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--child-rss", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, args.threads))
+    own = args.workdir is None
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="maskcd_bench_map_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.child_rss:
+        child_rss(args, work)
+        return 0
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}"
+          + (f"; {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
+    try:
+        if not args.skip_a:
+            part_a(args, work)
+        if args.vectorize:
+            print("(b) vectorising (benchmarks/vectorize.py):", flush=True)
+            subprocess.run([sys.executable, str(REPO / "benchmarks" / "vectorize.py"), "--workdir", str(work / "b")],
+                           check=False)
+        if not args.skip_c:
+            part_c(args, work)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
