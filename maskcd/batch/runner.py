@@ -23,7 +23,7 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from maskcd.batch.catalog import SiteJob, read_catalog
@@ -149,6 +149,8 @@ def run_batch(
     outdir = Path(outdir)
     jobs = read_catalog(catalog, layer=options.layer)
     outdir.mkdir(parents=True, exist_ok=True)
+    if Path(options.model).expanduser().is_dir():  # workers may run elsewhere: pass an absolute folder
+        options = replace(options, model=str(Path(options.model).expanduser().resolve()))
     opts = options.to_dict()
     model_fp = model_fingerprint(options.model)
     reports: dict[str, dict] = {}
@@ -265,7 +267,7 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
     import pyogrio
     import shapely
 
-    from maskcd.vectorization import append_gpkg_layer, write_changes_gpkg
+    from maskcd.vectorization import add_layer_to_gpkg, write_changes_gpkg
 
     done = [s for s in sites if s["status"] in ("mapped", "skipped")]
     if not done:
@@ -287,7 +289,9 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
     rows, geoms = [], []
     for site in sites:
         rows.append({
-            "site_id": site["site_id"], "status": site["status"], "n_pairs": site.get("n_pairs", 0),
+            # the state of the site's outputs, not what this run did (a resumed site is as mapped as a fresh one)
+            "site_id": site["site_id"], "status": "failed" if site["status"] == "failed" else "mapped",
+            "n_pairs": site.get("n_pairs", 0),
             "first_date": site.get("first_date"), "last_date": site.get("last_date"),
             "n_polygons": site.get("n_polygons", 0), "changed_km2": site.get("changed_km2", 0.0),
             "valid_km2": site.get("valid_km2", 0.0), "max_shift_px": site.get("max_shift_px", 0.0),
@@ -303,7 +307,7 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
         "tool": "maskcd-batch",
         "model": model_fp["id"],
         "model_sha256": model_fp["sha256"],
-        "options": json.dumps(options.to_dict(), sort_keys=True),
+        "options": options.to_dict(),
         "n_sites": len(sites),
         "n_failed": sum(s["status"] == "failed" for s in sites),
         "sites": ",".join(s["site_id"] for s in sites),
@@ -312,7 +316,8 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
     tmp = outdir / f".{MERGED_NAME}.tmp-{os.getpid()}.gpkg"
     tmp.unlink(missing_ok=True)
     write_changes_gpkg(polygons, tmp, layer=MERGED_LAYER, metadata=metadata, overwrite=True)
-    append_gpkg_layer(sites_gdf, tmp, layer=SITES_LAYER)
+    add_layer_to_gpkg(tmp, sites_gdf, layer=SITES_LAYER, style=None, geometry_type="MultiPolygon",
+                      metadata={"description": "one row per catalog site: valid-data footprint and totals"})
     os.replace(tmp, final)
     return final
 

@@ -126,15 +126,21 @@ def _footprint(mask_path: Path, max_size: int = 256) -> tuple[str | None, str | 
 
 
 def _combine_gpkgs(pair_gpkgs: list[tuple[Path, str]], out: Path) -> None:
-    """Build one GeoPackage holding every pair's layer (with its style row) from per-pair GeoPackages."""
+    """One GeoPackage holding every pair's layer, each with its style row and ``run_metadata`` rows, in time order.
+
+    The first pair's file (written by ``map_scene``) is the base; later pairs are added with
+    :func:`maskcd.vectorization.add_layer_to_gpkg`, so ``gpkg_contents`` lists the layers in time order.
+    """
+    import pyogrio
+
+    from maskcd.vectorization import add_layer_to_gpkg, read_run_metadata
+
     first, _ = pair_gpkgs[0]
     shutil.copyfile(first, out)
-    if len(pair_gpkgs) == 1:
-        return
-    from maskcd.vectorization import append_gpkg_layers
-
     for src, layer in pair_gpkgs[1:]:
-        append_gpkg_layers(src, out, layers=[layer])
+        gdf = pyogrio.read_dataframe(src, layer=layer)
+        add_layer_to_gpkg(out, gdf, layer=layer, metadata=read_run_metadata(src, layer=layer),
+                          geometry_type="MultiPolygon")
 
 
 def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None, bands_for_quicklook=None) -> dict:

@@ -72,12 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
     m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
     m.add_argument("--loader-workers", type=int, dest="workers",
-                   help="DataLoader reader processes per site (YAML key: workers; default 0)")
+                   help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p
 
 
-def load_config(path: Path) -> dict:
-    """Read a ``--config`` YAML of MapOptions keys; unknown or per-site keys raise :class:`InputError`."""
+def load_config(path: Path, *, strict: bool = True) -> dict:
+    """Read a YAML of MapOptions keys; unknown keys raise :class:`InputError`, and so do per-site keys
+    (``prob_out``, ``mask_out``, ``aoi``, ``overwrite``) when ``strict``, else they are dropped."""
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -89,6 +90,8 @@ def load_config(path: Path) -> dict:
         raise InputError(f"config {path} must be a mapping of maskcd-map keys, got {type(data).__name__}")
     valid = [k for k in MapOptions.keys() if k not in PER_SITE_KEYS]
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if not strict:
+        data = {k: v for k, v in data.items() if k not in PER_SITE_KEYS}
     unknown = sorted(set(data) - set(valid))
     if unknown:
         raise InputError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
@@ -96,24 +99,40 @@ def load_config(path: Path) -> dict:
 
 
 def options_from_args(args: argparse.Namespace) -> MapOptions:
-    """Defaults < ``--config`` YAML < command-line options."""
-    values: dict = {"workers": 0}
+    """``configs/map.yaml`` (the maskcd-map defaults) < ``--config`` YAML < command-line options."""
+    from maskcd.cli.map import default_config_path
+
+    values: dict = {}
+    if default_config_path().is_file():
+        values.update({k: v for k, v in load_config(default_config_path(), strict=False).items()})
     if args.config:
         values.update(load_config(args.config))
     for f in fields(MapOptions):
         value = getattr(args, f.name, None)
         if value is not None and f.name not in PER_SITE_KEYS:
             values[f.name] = value
-    return MapOptions(**values)
+    if values.get("bands") is not None and not isinstance(values["bands"], list):
+        try:
+            values["bands"] = _bands(str(values["bands"]))
+        except argparse.ArgumentTypeError as err:
+            raise InputError(str(err)) from err
+    opts = MapOptions(**values)
+    for key, ok in (("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
+                    ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
+                    ("tile", opts.tile is None or opts.tile >= 16), ("overlap", opts.overlap >= 0)):
+        if not ok:
+            raise InputError(f"invalid {key} {getattr(opts, key)!r}: see {PROG} --help")
+    return opts
 
 
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=f"{PROG}: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("distributed", "tornado", "asyncio", "urllib3", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    log = logging.getLogger("maskcd")
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     from maskcd.batch.runner import run_batch, summary_table

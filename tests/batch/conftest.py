@@ -10,18 +10,26 @@ import pytest
 import torch
 
 ORIGIN = (512000.0, 5_112_000.0)
-SIZE = 128
+SIZE = 96
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
-    """``maskcd-tiny`` with seeded random weights saved as safetensors (every worker then loads the same weights)."""
+    """``maskcd-tiny`` with seeded random weights saved as safetensors, so every Dask worker loads the same weights.
+
+    The weights are perturbed by N(0, 0.1) noise (seeded): the freshly initialised tiny model gives an almost constant
+    probability (one polygon or none), the perturbed one a spatially varying map (about 0.07–0.47 on the synthetic
+    scenes), so threshold 0.25 yields tens of polygons per site to compare between runs.
+    """
     from maskcd.models import build_model
 
     folder = tmp_path_factory.mktemp("tiny-model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model("maskcd-tiny").eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder)
     return str(folder)
 
@@ -71,7 +79,7 @@ def scenes(tmp_path_factory):
     data = {}
     for i, site in enumerate(("a", "b", "c")):
         data[site] = scene_images(root / "img", seed=10 + i, origin=(ORIGIN[0] + 1000 * i, ORIGIN[1]))
-    data["ts"] = scene_images(root / "img", seed=20, n_dates=3, size=96)
+    data["ts"] = scene_images(root / "img", seed=20, n_dates=3)
     data["root"] = root
     return data
 
@@ -82,3 +90,9 @@ def write_pairs_catalog(path: Path, rows: list[tuple[str, str, str]], dates=("20
               for sid, b, a in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def pairs_catalog():
+    """:func:`write_pairs_catalog` as a fixture."""
+    return write_pairs_catalog
