@@ -95,10 +95,11 @@ def _open_client(client, scheduler: str | None, workers: int | None, device: str
 
     if scheduler:
         try:
-            with Client(scheduler, timeout="20s") as c:
-                yield c
-        except OSError as err:
+            c = Client(scheduler, timeout="20s")
+        except (OSError, ValueError) as err:  # TimeoutError is an OSError; a malformed address a ValueError
             raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({err}); check --scheduler") from err
+        with c:
+            yield c
         return
     gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
     n = workers or default_workers("cuda" if gpu else "cpu")
@@ -169,8 +170,6 @@ def run_batch(
             logger.info("site %s: to do (%s)", job.site_id, reason)
         todo.append((job, key))
 
-    bar = _progress(len(jobs), progress)
-    bar.update(len(jobs) - len(todo))
     if todo:
         with _open_client(client, scheduler, workers, options.device) as c:
             device = _resolve_device(options.device, c)
@@ -181,26 +180,27 @@ def run_batch(
             run_opts = {**opts, "device": device}
             token = uuid.uuid4().hex[:8]
             futures = {
-                c.submit(process_site, job, str(outdir.resolve()), run_opts, key, map_fn, key=f"site-{job.site_id}-{token}",
-                         pure=False, resources=resources): job.site_id
+                c.submit(process_site, job, str(outdir.resolve()), run_opts, key, map_fn,
+                         key=f"site-{job.site_id}-{token}", pure=False, resources=resources): job.site_id
                 for job, key in todo
             }
             from distributed import as_completed
 
-            for fut in as_completed(futures):
-                site_id = futures[fut]
-                try:
-                    report = fut.result()
-                except Exception as err:  # the worker died (KilledWorker) or the task could not run
-                    report = {"site_id": site_id, "status": "failed", "error": f"{type(err).__name__}: {err}"}
-                reports[site_id] = report
-                if report["status"] == "failed":
-                    logger.warning("site %s failed: %s", site_id, report["error"])
-                    if report.get("traceback"):
-                        logger.debug("site %s traceback:\n%s", site_id, report["traceback"])
-                bar.set_postfix_str(f"{site_id} {report['status']}")
-                bar.update(1)
-    bar.close()
+            with _progress(len(jobs), progress) as bar:
+                bar.update(len(jobs) - len(todo))
+                for fut in as_completed(futures):
+                    site_id = futures[fut]
+                    try:
+                        report = fut.result()
+                    except Exception as err:  # the worker died (KilledWorker) or the task could not run
+                        report = {"site_id": site_id, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+                    reports[site_id] = report
+                    if report["status"] == "failed":
+                        logger.warning("site %s failed: %s", site_id, report["error"])
+                        if report.get("traceback"):
+                            logger.debug("site %s traceback:\n%s", site_id, report["traceback"])
+                    bar.set_postfix_str(f"{site_id} {report['status']}")
+                    bar.update(1)
 
     sites = [reports[job.site_id] for job in jobs]
     result = BatchResult(sites=sites)
@@ -322,20 +322,36 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
     return final
 
 
+def _mp_per_s(site: dict) -> float | None:
+    seconds = sum(p.get("seconds", 0.0) for p in site.get("pairs", []))
+    return site["n_pixels"] / 1e6 / seconds if seconds > 0 and site.get("n_pixels") else None
+
+
 def summary_table(result: BatchResult) -> str:
-    """A plain-text table of the run: one line per site and a total line."""
-    header = ("site_id", "status", "pairs", "polygons", "changed_km2", "seconds", "note")
+    """A plain-text table of the run: one line per site (what this run did with it) and a total line.
+
+    ``MP/s`` is megapixels of the reference grid per second of ``map_scene`` (all pairs), for sites mapped in this
+    run; ``seconds`` is the site's wall time on its worker.
+    """
+    header = ("site_id", "status", "pairs", "polygons", "changed_km2", "seconds", "MP/s", "note")
     lines = []
     for s in result.sites:
+        fresh = s["status"] == "mapped"
         note = s.get("error", "") if s["status"] == "failed" else ""
+        mp = _mp_per_s(s) if fresh else None
         lines.append((s["site_id"], s["status"], str(s.get("n_pairs", "")), str(s.get("n_polygons", "")),
                       f"{s['changed_km2']:.4f}" if "changed_km2" in s else "",
-                      f"{s.get('seconds', 0):.1f}" if s["status"] != "skipped" else "-", note[:80]))
+                      f"{s['seconds']:.1f}" if "seconds" in s and s["status"] != "skipped" else "-",
+                      f"{mp:.2f}" if mp else "-", note[:100]))
     counts = {k: sum(s["status"] == k for s in result.sites) for k in ("mapped", "skipped", "failed")}
     total_km2 = sum(s.get("changed_km2", 0.0) for s in result.sites)
-    lines.append(("total", ", ".join(f"{v} {k}" for k, v in counts.items()), "",
+    lines.append(("total", ", ".join(f"{v} {k}" for k, v in counts.items()),
+                  str(sum(s.get("n_pairs", 0) for s in result.sites)),
                   str(sum(s.get("n_polygons", 0) for s in result.sites)), f"{total_km2:.4f}",
-                  f"{result.seconds:.1f}", ""))
+                  f"{result.seconds:.1f}", "", ""))
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()  # noqa: E731
+
+    def fmt(row: tuple) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+
     return "\n".join([fmt(header), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)])

@@ -313,3 +313,28 @@ def test_three_date_site_gives_two_layers_in_time_order(scenes, tmp_path, cluste
     assert quick.size[1] == 2 * (96 + 14 + 4)  # one row per pair
     merged = pyogrio.read_dataframe(out / "catalog.gpkg", layer="changes")
     assert merged["layer"].drop_duplicates().tolist() == layers
+
+
+def test_geopackage_catalog_aoi_restricts_the_site(scenes, tmp_path, cluster2, tiny_model_dir):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    before, after = scenes["a"]
+    with rasterio.open(before) as src:
+        left, bottom, right, top = src.bounds
+    half = box(left, bottom, (left + right) / 2, top)  # the western half of the scene, in UTM 33N
+    catalog = tmp_path / "sites.gpkg"  # catalog in EPSG:4326: the AOI is reprojected by the mapper
+    gpd.GeoDataFrame({"site_id": ["west"], "before": [str(before)], "after": [str(after)],
+                      "before_date": ["2021-06-15"], "after_date": ["2023-07-02"]},
+                     geometry=[half], crs="EPSG:32633").to_crs("EPSG:4326").to_file(catalog, engine="pyogrio")
+    out = tmp_path / "out"
+    result = run_batch(catalog, out, MapOptions(model=tiny_model_dir, **MAP_KW), client=cluster2, progress=False)
+    assert result.ok, result.failed
+    with rasterio.open(out / "west" / "change_mask.tif") as src:
+        mask = src.read(1)
+    assert (mask[:, 50:] == 255).all() and (mask[:, :46] != 255).all()  # nodata east of the AOI (±1 px reprojection)
+    gdf = pyogrio.read_dataframe(out / "west" / "changes.gpkg", layer="changes")
+    assert len(gdf) > 0 and gdf.geometry.within(half.buffer(1.5)).all()
+    footprint = pyogrio.read_dataframe(out / "catalog.gpkg", layer="sites").geometry[0]
+    assert abs(footprint.area - half.area) / half.area < 0.1
+    assert not (out / "west" / "aoi.gpkg").exists()  # the per-site AOI file stays in the temporary folder
