@@ -16,6 +16,7 @@ from maskcd.cli import one_line_errors
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maskcd-train", description=__doc__.split("\n")[0])
     p.add_argument("dataset_pos", nargs="?", metavar="DATASET", help="same as --dataset")
+    p.add_argument("--config", help="YAML file of option defaults (keys = option names with _), e.g. configs/train-*.yaml")
     p.add_argument("--dataset", help="DatasetDict folder, Hub id, or scene catalog (.yaml/.json)")
     p.add_argument("--model", default="maskcd-swin-t", help="preset name or model folder (default maskcd-swin-t)")
     p.add_argument("--output-dir", help="default exp/<dataset name>/")
@@ -44,6 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="FOLDER", help="continue from a last/ folder ('last' = <output-dir>/last)")
     p.add_argument("--overwrite", action="store_true", help="start again in an output folder that holds a run")
     return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse the command line; ``--config FILE`` supplies defaults that explicit options override."""
+    import yaml
+
+    from maskcd.errors import InputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            with open(args.config) as f:
+                values = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise InputError(f"--config {args.config}: {err.strerror}") from err
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"--config {args.config}: unknown keys {unknown}; valid: {sorted(known - {'help'})}")
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+    return args
 
 
 def config_from_args(args):
@@ -76,7 +100,7 @@ def config_from_args(args):
 def main(argv=None) -> int:
     from maskcd.training.trainer import train
 
-    cfg = config_from_args(build_parser().parse_args(argv))
+    cfg = config_from_args(parse_args(argv))
     summary = train(cfg)
     print(f"best F1 {summary['best_f1']:.4f}; checkpoints in {summary['output_dir']}/best_f1 and /last")
     return 0

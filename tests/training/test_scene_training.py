@@ -1,0 +1,56 @@
+"""A scene catalog of seeded GeoTIFFs trains through the TorchGeo samplers; --resume continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from maskcd.data.scenes import write_catalog
+from maskcd.data.synthetic import make_scene_pair
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    sites = []
+    for i, split in enumerate(["train", "train", "val"]):
+        pair = make_scene_pair(tmp_path / f"site{i}", seed=300 + i, size=96, origin=(600000.0 + 3000 * i, 5200000.0))
+        sites.append({"name": f"site{i}", "before": pair["before"], "after": pair["after"], "label": pair["truth"],
+                      "split": split})
+    return write_catalog(tmp_path / "catalog.yaml", sites)
+
+
+def _train(catalog, out, epochs, resume=None):
+    from maskcd.cli.train import main
+
+    argv = ["--dataset", str(catalog), "--model", "maskcd-tiny", "--batch-size", "2", "--learning-rate", "1e-3",
+            "--epochs", str(epochs), "--val-every", "1", "--crop", "48", "--stride", "48", "--chips-per-site", "2",
+            "--optimizer", "adamw", "--warmup-epochs", "1", "--output-dir", str(out), "--seed", "1"]
+    if resume:
+        argv += ["--resume", str(resume)]
+    return main(argv)
+
+
+def test_catalog_trains_with_torchgeo_samplers_and_resumes(catalog, tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert _train(catalog, out, epochs=1) == 0
+    first = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert first["epoch"] == 0
+    steps_epoch0 = first["optimizer"]["state"][0]["step"]
+    assert steps_epoch0 == 2  # 2 train sites x 2 chips / batch 2
+    # the same folder again without --resume or --overwrite is refused
+    assert _train(catalog, out, epochs=2) == 2
+    assert "--resume" in capsys.readouterr().err
+    # resume: epoch 1 only, optimizer state (Adam step counts) and schedule continue
+    assert _train(catalog, out, epochs=2, resume=out / "last") == 0
+    second = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert second["epoch"] == 1
+    assert second["optimizer"]["state"][0]["step"] == 2 * steps_epoch0
+    assert second["scheduler"]["last_epoch"] == 2
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    assert lines[0]["pairs"] == lines[1]["pairs"] == 4
+    assert lines[1]["val"]["num_items"] == 4  # GridGeoSampler: 2x2 chips of 48 px on the 96 px val site
+    assert lines[0]["lr"] < lines[1]["lr"]  # warm-up epoch, then the cosine starts at the full rate
+    assert (out / "best_f1" / "model.safetensors").is_file()
