@@ -107,7 +107,7 @@ def _output_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, accelerator=None) -> dict:
     """Run training; returns a summary (best F1, epochs run, output folder)."""
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
     from tqdm.auto import tqdm
 
     from maskcd.models import load_model
@@ -117,8 +117,10 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
     else:
         precision = cfg.mixed_precision
     if accelerator is None:
+        # the Swin backbone's final layernorm is not used by MaskCD (it reads the stage outputs): DDP must allow it
         accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
-                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                                  dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
     out_dir = _output_dir(cfg)
     resume_dir = None
