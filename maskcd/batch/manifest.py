@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from maskcd.errors import InputError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 
@@ -59,7 +61,10 @@ def model_fingerprint(model: str) -> dict:
     Returns:
         ``{"id": model, "kind": ..., "sha256": ...}``. For a folder the hash covers ``config.json`` and every weight
         file; for a preset it covers the preset YAML (presets are random weights, which the batch runner seeds
-        identically on every worker); for a Hub id it covers the cached snapshot when there is one, else the id.
+        identically on every worker); for a Hub id it covers the snapshot, fetched here once (or found in the cache).
+
+    Raises:
+        InputError: The reference is none of these, or a Hub id that can be neither found in the cache nor fetched.
     """
     from maskcd.models import list_models
     from maskcd.models.registry import config_dir
@@ -70,13 +75,22 @@ def model_fingerprint(model: str) -> dict:
     if model in list_models():
         yaml_path = config_dir() / "models" / f"{model}.yaml"
         return {"id": model, "kind": "preset", "sha256": sha256_file(yaml_path)}
-    try:
-        from huggingface_hub import snapshot_download
+    parts = model.split("/")
+    if len(parts) != 2 or not all(parts) or model.startswith((".", "/", "~")):
+        raise InputError(
+            f"model {model!r} is neither a preset ({', '.join(list_models())}), an existing folder, nor a Hub id "
+            f"(owner/name); pass one of those to --model"
+        )
+    from huggingface_hub import snapshot_download
 
-        snap = Path(snapshot_download(model, local_files_only=True))
-        return {"id": model, "kind": "hub", "sha256": _hash_folder(snap)}
-    except Exception:  # not cached (or not a valid id): the id is all that identifies it
-        return {"id": model, "kind": "hub", "sha256": hashlib.sha256(model.encode()).hexdigest()}
+    try:  # once here, so the workers find it in the cache instead of each downloading it
+        snap = Path(snapshot_download(model, allow_patterns=["config.json", "*.safetensors", "*.bin", "*.json"]))
+    except Exception as err:  # offline and not cached, no such repository, ...
+        raise InputError(
+            f"model {model!r} cannot be fetched from the Hugging Face cache or Hub ({type(err).__name__}); pass a "
+            f"local model folder, or download it once with `hf download {model} --local-dir DIR`"
+        ) from err
+    return {"id": model, "kind": "hub", "sha256": _hash_folder(snap)}
 
 
 def _hash_folder(folder: Path) -> str:

@@ -278,11 +278,14 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
         gpkg = outdir / site["site_id"] / GPKG_NAME
         for pair in site["pairs"]:
             gdf = pyogrio.read_dataframe(gpkg, layer=pair["layer"])
+            # catalog dates win; without them keep what map_scene read from the files' tags
+            dates = {c: pair[c] if pair[c] is not None else (gdf[c] if c in gdf.columns else None)
+                     for c in ("before_date", "after_date")}
             gdf = gdf.drop(columns=[c for c in ("site_id", "layer", "before_date", "after_date") if c in gdf.columns])
             gdf.insert(0, "site_id", site["site_id"])
             gdf.insert(1, "layer", pair["layer"])
-            gdf.insert(2, "before_date", pair["before_date"])
-            gdf.insert(3, "after_date", pair["after_date"])
+            gdf.insert(2, "before_date", dates["before_date"])
+            gdf.insert(3, "after_date", dates["after_date"])
             frames.append(gdf.to_crs(crs) if gdf.crs is not None else gdf.set_crs(crs))
     polygons = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=crs)
 

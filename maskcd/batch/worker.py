@@ -143,7 +143,7 @@ def _combine_gpkgs(pair_gpkgs: list[tuple[Path, str]], out: Path) -> None:
                           geometry_type="MultiPolygon")
 
 
-def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None, bands_for_quicklook=None) -> dict:
+def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None) -> dict:
     """Map every pair of one site into ``OUTDIR/<site_id>/``; never raises.
 
     Args:
@@ -152,7 +152,6 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
         options: ``MapOptions`` as a dict (the batch-wide settings).
         key: The manifest key computed by the client (see :func:`maskcd.batch.manifest.site_key`).
         map_fn: The scene mapper, :func:`maskcd.inference.map_scene` by default (same signature).
-        bands_for_quicklook: 1-based bands for the quicklook RGB (default: ``options["bands"]``).
 
     Returns:
         The site report (``report.json`` contents) with ``status`` ``"mapped"``, or ``{"site_id", "status":
@@ -169,7 +168,7 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
         for stale in site_dir.glob(f"{TMP_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-        return _run_site(job, site_dir, tmp, options, key, map_fn, bands_for_quicklook, t_start)
+        return _run_site(job, site_dir, tmp, options, key, map_fn, t_start)
     except Exception as err:  # failure isolation: any error of one site is reported, the run goes on
         shutil.rmtree(tmp, ignore_errors=True)
         message = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
@@ -182,7 +181,7 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
         }
 
 
-def _run_site(job, site_dir, tmp, options, key, map_fn, bands_for_quicklook, t_start) -> dict:
+def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
     from maskcd.inference.options import MapOptions
 
     if map_fn is None:
@@ -236,7 +235,7 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, bands_for_quicklook, t_s
     t0 = time.perf_counter()
     rows = [{"before": p.before, "after": p.after, "mask": str(tmp / p.mask_name),
              "title": f"{job.site_id} {p.before_date or 'before'} -> {p.after_date or 'after'}"} for p in job.pairs]
-    write_quicklook(rows, tmp / QUICKLOOK_NAME, bands=bands_for_quicklook or options.get("bands"))
+    write_quicklook(rows, tmp / QUICKLOOK_NAME, bands=options.get("bands"))
     outputs.append(QUICKLOOK_NAME)
     timings["quicklook"] = time.perf_counter() - t0
 

@@ -79,3 +79,13 @@ def test_model_fingerprint_of_a_folder_follows_the_weights(tmp_path):
     assert first["kind"] == "folder" and first == model_fingerprint(str(folder))
     (folder / "model.safetensors").write_bytes(b"w2")
     assert model_fingerprint(str(folder))["sha256"] != first["sha256"]
+
+
+def test_unresolvable_model_is_an_input_error(tmp_path, monkeypatch):
+    from maskcd.errors import InputError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="neither a preset"):
+        model_fingerprint(str(tmp_path / "no-such-folder"))
+    with pytest.raises(InputError, match="cannot be fetched"):
+        model_fingerprint("nobody-has/this-model-xyz")
