@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip sites whose manifest matches and whose outputs exist (default)")
     mode.add_argument("--force", dest="force", action="store_true", help="redo every site")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("-v", "--verbose", action="store_true", help="log each site's decision and tracebacks")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging, with the traceback of each failed site")
     m = p.add_argument_group("mapping (as maskcd-map, applied to every site)")
     m.add_argument("--model", help="preset name, model folder or Hub id")
     m.add_argument("--bands", type=_bands, help="1-based bands read from both images, e.g. 1,2,3")

@@ -125,3 +125,15 @@ def test_table_level_errors_raise_input_error(tmp_path):
     (tmp_path / "sites.xlsx").write_text("x")
     with pytest.raises(InputError, match="unknown format"):
         read_catalog(tmp_path / "sites.xlsx")
+
+
+def test_csv_aoi_as_relative_polygon_file(tmp_path):
+    gpd.GeoDataFrame(geometry=[box(0, 0, 10, 10), box(10, 0, 20, 10)], crs="EPSG:32633").to_file(
+        tmp_path / "aoi.gpkg", engine="pyogrio")
+    (tmp_path / "c.csv").write_text("site_id,before,after,aoi\nx,a.tif,b.tif,aoi.gpkg\nz,a.tif,b.tif,nope.gpkg\n")
+    x, z = read_catalog(tmp_path / "c.csv")
+    assert "32633" in x.aoi_crs
+    import shapely
+
+    assert shapely.from_wkt(x.aoi_wkt).equals(box(0, 0, 20, 10))  # the file's polygons, dissolved
+    assert "cannot be read" in z.error
