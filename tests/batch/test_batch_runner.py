@@ -338,3 +338,34 @@ def test_geopackage_catalog_aoi_restricts_the_site(scenes, tmp_path, cluster2, t
     footprint = pyogrio.read_dataframe(out / "catalog.gpkg", layer="sites").geometry[0]
     assert abs(footprint.area - half.area) / half.area < 0.1
     assert not (out / "west" / "aoi.gpkg").exists()  # the per-site AOI file stays in the temporary folder
+
+
+def test_real_naip_time_series_with_aoi(shared_data, tmp_path, cluster2, tiny_model_dir):
+    """Three real NAIP dates (5 m, EPSG:26914, grids offset by 1–2 m) in a GeoJSON long-layout catalog with an AOI."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    folder = shared_data("geotiff_bitemporal", "naip_northdakota_m_4709963_se_14")
+    files = {d: folder / f"m_4709963_se_14_1_{d}.tif" for d in ("20150926", "20090818", "20200831")}
+    aoi = box(487000, 5207000, 487640, 5207640)  # 128 × 128 px of 5 m
+    catalog = tmp_path / "naip.geojson"
+    gpd.GeoDataFrame({"site_id": ["pothole"] * 3, "date": [f"{d[:4]}-{d[4:6]}-{d[6:]}" for d in files],
+                      "path": [str(p) for p in files.values()]},
+                     geometry=[aoi] * 3, crs="EPSG:26914").to_crs("EPSG:4326").to_file(catalog, engine="pyogrio")
+    out = tmp_path / "out"
+    opts = MapOptions(model=tiny_model_dir, **{**MAP_KW, "tile": 128, "bands": [1, 2, 3]})
+    result = run_batch(catalog, out, opts, client=cluster2, progress=False)
+    assert result.ok, result.failed
+    report = json.loads((out / "pothole" / "report.json").read_text())
+    assert [(p["before_date"], p["after_date"]) for p in report["pairs"]] == [
+        ("2009-08-18", "2015-09-26"), ("2015-09-26", "2020-08-31")]
+    # each pair is mapped on its before image's grid (the 2009 and 2015 grids differ by 2 m in y)
+    with rasterio.open(out / "pothole" / "change_mask_20090818_20150926.tif") as m1, \
+            rasterio.open(out / "pothole" / "change_mask_20150926_20200831.tif") as m2:
+        assert m1.crs.to_epsg() == m2.crs.to_epsg() == 26914 and m1.res == m2.res == (5.0, 5.0)
+        assert (m1.transform.f - m2.transform.f) % 5 == pytest.approx(2.0)
+        assert abs(m1.width - 128) <= 2 and abs(m1.height - 128) <= 2
+    sites = pyogrio.read_dataframe(out / "catalog.gpkg", layer="sites")
+    assert sites.crs.to_epsg() == 26914 and sites.geometry[0].within(aoi.buffer(10))
+    merged = pyogrio.read_dataframe(out / "catalog.gpkg", layer="changes")
+    assert merged.geometry.within(aoi.buffer(10)).all()
