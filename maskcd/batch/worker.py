@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def worker_device(device: str) -> str:
             from distributed import get_worker
 
             name = get_worker().name
-            index = int(name) if str(name).isdigit() else abs(hash(str(name)))
+            index = int(name) if str(name).isdigit() else zlib.crc32(str(name).encode())  # stable across processes
         except (ValueError, ImportError):
             index = 0
         device = f"cuda:{index % torch.cuda.device_count()}"
