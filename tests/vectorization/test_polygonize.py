@@ -230,3 +230,17 @@ def test_bad_inputs_name_the_file(tmp_path, scene, rng, geotiff_writer):
     _, other = scene(np.zeros((12, 10), np.uint8), name="other")
     with pytest.raises(InputError, match="differs"):
         vectorize_changes(mpath, other, **KW)
+
+
+def test_both_tracing_strategies_give_the_same_polygons(scene, rng, blobby, monkeypatch):
+    from maskcd.vectorization import polygonize
+
+    mask = blobby(rng, (70, 90), fraction=0.25, sigma=1.5)
+    mask[30:33, :] = 255
+    mpath, ppath = scene(mask)
+    monkeypatch.setattr(polygonize, "PACK_MAX_FRACTION", 1e9)  # packed bounding boxes
+    packed = vectorize_changes(mpath, ppath, chunk_size=25, **KW)
+    monkeypatch.setattr(polygonize, "PACK_MAX_FRACTION", 0.0)  # the chunk's label image
+    per_chunk = vectorize_changes(mpath, ppath, chunk_size=25, **KW)
+    _assert_same(packed, per_chunk)
+    assert len(per_chunk) > 20
