@@ -96,7 +96,8 @@ def child_maskcd(mask: Path, prob: Path, out: Path, scheduler: str, workers: int
     t1 = time.perf_counter()
     write_changes_gpkg(gdf, out, metadata={"benchmark": "vectorize"}, overwrite=True)
     t2 = time.perf_counter()
-    return dict(vectorise_s=t1 - t0, write_s=t2 - t1, stages=gdf.attrs.get("timings"), cpu_s=_cpu_s() - c0, total_s=t2 - t0, n=len(gdf), area=float(gdf.area.sum()),
+    return dict(vectorise_s=t1 - t0, write_s=t2 - t1, stages=gdf.attrs.get("timings"), cpu_s=_cpu_s() - c0,
+                total_s=t2 - t0, n=len(gdf), area=float(gdf.area.sum()),
                 valid=bool(gdf.is_valid.all()), types=sorted(set(gdf.geom_type)), peak_rss_mb=_peak_rss_mb())
 
 
@@ -135,7 +136,8 @@ def child_gdal(mask: Path, out: Path) -> dict:
     gdf = pyogrio.read_dataframe(out, columns=["value"])
     if "value" in gdf:
         gdf = gdf[gdf["value"] == 1]
-    return dict(method=method, total_s=t1 - t0, cpu_s=cpu, n=len(gdf), area=float(gdf.area.sum()), valid=bool(gdf.is_valid.all()),
+    return dict(method=method, total_s=t1 - t0, cpu_s=cpu, n=len(gdf), area=float(gdf.area.sum()),
+                valid=bool(gdf.is_valid.all()),
                 peak_rss_mb=_peak_rss_mb())
 
 
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({mask.stat().st_size / 1e6:.1f} + {prob.stat().st_size / 1e6:.1f} MB) in {work}")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (shared machine: timings are noisy)")
     gdal = _run_child(["--child", "gdal", "--mask", str(mask), "--out", str(work / "gdal.gpkg")])
-    print(f"gdal       [{gdal['method']}]: {gdal['total_s']:.1f} s (CPU {gdal['cpu_s']:.1f} s), {gdal['n']} polygons, area {gdal['area']:.1f} m², "
+    print(f"gdal       [{gdal['method']}]: {gdal['total_s']:.1f} s (CPU {gdal['cpu_s']:.1f} s), {gdal['n']} polygons, "
+          f"area {gdal['area']:.1f} m², "
           f"valid {gdal['valid']}, peak RSS {gdal['peak_rss_mb']:.0f} MB")
     results = {}
     for sched in a.schedulers.split(","):
@@ -187,8 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                         str(work / f"maskcd_{sched}.gpkg"), "--scheduler", sched, "--workers", str(a.workers),
                         "--chunk", str(a.chunk)])
         results[sched] = r
-        print(f"maskcd     [dask {sched}, {a.workers} workers, {a.chunk}-px chunks]: vectorise {r['vectorise_s']:.1f} s "
-              f"+ GeoPackage {r['write_s']:.1f} s = {r['total_s']:.1f} s (CPU {r['cpu_s']:.1f} s), {r['n']} polygons, area {r['area']:.1f} m², "
+        print(f"maskcd     [dask {sched}, {a.workers} workers, {a.chunk}-px chunks]: "
+              f"vectorise {r['vectorise_s']:.1f} s + GeoPackage {r['write_s']:.1f} s = {r['total_s']:.1f} s "
+              f"(CPU {r['cpu_s']:.1f} s), {r['n']} polygons, area {r['area']:.1f} m², "
               f"valid {r['valid']}, types {r['types']}, peak RSS {r['peak_rss_mb']:.0f} MB; stages "
               + ", ".join(f"{k} {v:.1f}" for k, v in (r["stages"] or {}).items()))
     best = min(results, key=lambda k: results[k]["total_s"])

@@ -43,7 +43,8 @@ def _remove(path: Path) -> None:
 
 
 def _metadata_frame(layer: str, metadata: dict) -> pd.DataFrame:
-    rows = [(layer, str(k), json.dumps(v, default=str, sort_keys=True, ensure_ascii=False)) for k, v in metadata.items()]
+    rows = [(layer, str(k), json.dumps(v, default=str, sort_keys=True, ensure_ascii=False))
+            for k, v in metadata.items()]
     return pd.DataFrame(rows, columns=["layer", "key", "value"], dtype=object)
 
 

@@ -1,4 +1,4 @@
-"""The QGIS-ready GeoPackage: style row, R-tree, run_metadata, MultiPolygon, version 1.2, atomic writes, extra layers."""
+"""The QGIS-ready GeoPackage: style row, R-tree, run_metadata, MultiPolygon, version 1.2, atomic writes, more layers."""
 
 from __future__ import annotations
 
