@@ -128,18 +128,23 @@ def options_from_args(args: argparse.Namespace) -> MapOptions:
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers must be at least 1, got {args.workers}")
+    options = options_from_args(args)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
     log = logging.getLogger("maskcd")
+    old_level = log.level
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"--workers must be at least 1, got {args.workers}")
-    from maskcd.batch.runner import run_batch, summary_table
+    try:
+        from maskcd.batch.runner import run_batch, summary_table
 
-    options = options_from_args(args)
-    result = run_batch(args.catalog, args.outdir, options, workers=args.workers, scheduler=args.scheduler,
-                       force=args.force, progress=not args.no_progress)
+        result = run_batch(args.catalog, args.outdir, options, workers=args.workers, scheduler=args.scheduler,
+                           force=args.force, progress=not args.no_progress)
+    finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
+        log.removeHandler(handler)
+        log.setLevel(old_level)
     print(summary_table(result))
     if result.merged:
         print(f"merged: {result.merged}")

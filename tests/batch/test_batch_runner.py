@@ -25,6 +25,7 @@ from PIL import Image
 
 from maskcd.batch.runner import run_batch
 from maskcd.batch.worker import loaded_models
+from maskcd.cli.batch import main
 from maskcd.inference.options import MapOptions
 
 pytestmark = pytest.mark.timeout(600)
@@ -199,7 +200,8 @@ def test_rerun_skips_finished_sites_and_force_redoes_them(good_catalog, two_work
     assert [s["status"] for s in forced.sites] == ["mapped"] * 3 and gpkg.stat().st_mtime_ns > before
 
 
-def test_broken_site_is_recorded_and_the_run_goes_on(scenes, tmp_path, cluster2, tiny_model_dir, pairs_catalog):
+def test_broken_site_is_recorded_and_the_run_goes_on(scenes, tmp_path, cluster2, tiny_model_dir, pairs_catalog,
+                                                     capsys):
     broken = tmp_path / "broken_before.tif"
     broken.write_bytes(b"II*\x00" + b"\x00" * 200)  # a TIFF header and nothing else
     catalog = pairs_catalog(tmp_path / "sites.csv", [("a", *scenes["a"]), ("broken", broken, scenes["b"][1]),
@@ -207,12 +209,13 @@ def test_broken_site_is_recorded_and_the_run_goes_on(scenes, tmp_path, cluster2,
     config = tmp_path / "batch.yaml"
     config.write_text(f"model: {tiny_model_dir}\ntile: 96\nthreshold: 0.25\ndevice: cpu\nbatch_size: 2\n")
     out = tmp_path / "out"
-    proc = subprocess.run([*cli_command(), str(catalog), "-o", str(out), "--config", str(config), "--scheduler",
-                           cluster2.scheduler.address, "--no-progress"],
-                          capture_output=True, text=True, env=cli_env(), timeout=300)
-    assert proc.returncode == 1, proc.stderr
-    assert "1 site(s) failed" in proc.stderr
-    summary = proc.stdout.splitlines()
+    # the CLI in-process (its own process start is covered by the SIGKILL test), on the module's cluster
+    code = main([str(catalog), "-o", str(out), "--config", str(config), "--scheduler", cluster2.scheduler.address,
+                 "--no-progress"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 1, stderr
+    assert "1 site(s) failed" in stderr and "site broken failed: InputError" in stderr
+    summary = stdout.splitlines()
     assert any(line.startswith("broken") and "failed" in line for line in summary)
     assert any(line.startswith("total") and "2 mapped" in line and "1 failed" in line for line in summary)
     failures = (out / "failures.csv").read_text().splitlines()
@@ -245,15 +248,15 @@ def test_broken_site_is_recorded_and_the_run_goes_on(scenes, tmp_path, cluster2,
 
 
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(good_catalog, reference, tiny_model_dir, tmp_path,
-                                                                   cluster2):
+                                                                   cluster2, capsys):
     out = tmp_path / "out"
     cmd = [*cli_command(), *cli_args(good_catalog, out, tiny_model_dir), "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = open(tmp_path / "killed-run.log", "w")  # noqa: SIM115 (closed below; kept for a failing test's reader)
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
         while not list(out.glob("*/manifest.json")):
-            assert proc.poll() is None, "the run ended before any site finished"
+            assert proc.poll() is None, f"the run ended before any site finished: see {tmp_path / 'killed-run.log'}"
             assert time.monotonic() < deadline, "no site finished within 300 s"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
@@ -263,19 +266,20 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(good_catalog, 
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        log.close()
     assert proc.returncode == -signal.SIGKILL
     done = sorted(p.parent.name for p in out.glob("*/manifest.json"))
     assert 1 <= len(done) < 3, f"kill came too late to interrupt anything: {done}"
     assert not (out / "catalog.gpkg").exists()
     stamps = {p: p.stat().st_mtime_ns for s in done for p in (out / s).iterdir()}
 
-    # resume on the module's running cluster: the killed run's own workers died with it (no task of it survives)
-    resumed = subprocess.run([*cli_command(), *cli_args(good_catalog, out, tiny_model_dir), "--scheduler",
-                              cluster2.scheduler.address], env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    # resume in-process on the module's running cluster: the killed run's own workers died with it
+    code = main([*cli_args(good_catalog, out, tiny_model_dir), "--scheduler", cluster2.scheduler.address])
+    stderr = capsys.readouterr().err
+    assert code == 0, stderr
     for site in "abc":
         expected = "up to date, skipped" if site in done else "to do"
-        assert f"site {site}: {expected}" in resumed.stderr
+        assert f"site {site}: {expected}" in stderr
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished sites were not redone
     assert not list(out.glob("*/.tmp-*")) and not list(out.glob(".*tmp*"))
     assert_same_outputs(reference, out)
