@@ -119,7 +119,7 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=n_pixels / 1e6, unit="MP", desc="maskcd-map", file=sys.stderr,
-                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} MP [{elapsed}<{remaining}, {rate_fmt}]")
+                            dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} MP [{elapsed}<{remaining}, {rate_noinv_fmt}]")
 
     def __call__(self, indices: list[int]) -> None:
         if self.bar is not None:
@@ -142,6 +142,7 @@ class RasterRun:
     stats: StitchStats | None
     timings: dict
     is_main: bool = True
+    windows_done: int = 0
 
 
 def map_rasters(
@@ -202,14 +203,14 @@ def map_rasters(
         store = TileStore(tmp_dir / "tiles.f16", len(windows), windows[0].height, windows[0].width).create()
         bar = _Progress(windows, grid.n_pixels, progress and is_main)
         try:
-            predict_to_store(model, WindowDataset(pair, windows, tile), store, accelerator,
+            done = predict_to_store(model, WindowDataset(pair, windows, tile), store, accelerator,
                              batch_size=options.batch_size, workers=options.workers, on_batch=bar)
         finally:
             bar.close()
         accelerator.wait_for_everyone()
         timings["infer_s"] = time.perf_counter() - t
         if not is_main:
-            return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False)
+            return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False, windows_done=done)
 
         # 4. blend and stitch
         t = time.perf_counter()
@@ -221,7 +222,7 @@ def map_rasters(
         os.replace(tmp_prob, prob_path)
         os.replace(tmp_mask, mask_path)
         timings["stitch_s"] = time.perf_counter() - t
-        return RasterRun(pair, tile, overlap, windows, shift, stats, timings)
+        return RasterRun(pair, tile, overlap, windows, shift, stats, timings, windows_done=done)
     except BaseException:
         if is_main:
             shutil.rmtree(tmp_dir, ignore_errors=True)
