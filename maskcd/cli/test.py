@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     precision = args.mixed_precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(mixed_precision=precision)
+    # cpu=True without a GPU: accelerate only sets up gloo ranks under torchrun when told it runs on CPU
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
     model = load_model(args.model).to(accelerator.device).eval()
     options = DataOptions(crop=args.crop, augment=False, stride=args.stride)
     dataset = make_split(args.dataset, args.split, model.inference_spec, options, train=False)

@@ -118,7 +118,9 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
         precision = cfg.mixed_precision
     if accelerator is None:
         # the Swin backbone's final layernorm is not used by MaskCD (it reads the stage outputs): DDP must allow it
-        accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum,
+        # cpu=True without a GPU: accelerate only sets up gloo ranks under torchrun when told it runs on CPU
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
+                                  gradient_accumulation_steps=cfg.grad_accum,
                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
