@@ -94,6 +94,8 @@ def _open_client(client, scheduler: str | None, workers: int | None, device: str
     from distributed import Client, LocalCluster
 
     if scheduler:
+        if workers:
+            logger.warning("--workers %d is ignored: the cluster at %s has its own workers", workers, scheduler)
         try:
             c = Client(scheduler, timeout="20s")
         except (OSError, ValueError) as err:  # TimeoutError is an OSError; a malformed address a ValueError
@@ -144,16 +146,54 @@ def run_batch(
         The :class:`BatchResult`; failed sites are in ``result.failed`` and ``failures.csv``, never raised.
 
     Raises:
-        InputError: The catalog is unusable, or a CUDA run finds no worker advertising the ``GPU`` resource.
+        InputError: The catalog or model is unusable, another run holds ``OUTDIR`` (an exclusive lock file), or a
+            CUDA run finds no worker advertising the ``GPU`` resource.
     """
     t0 = time.perf_counter()
     outdir = Path(outdir)
     jobs = read_catalog(catalog, layer=options.layer)
-    outdir.mkdir(parents=True, exist_ok=True)
     if Path(options.model).expanduser().is_dir():  # workers may run elsewhere: pass an absolute folder
         options = replace(options, model=str(Path(options.model).expanduser().resolve()))
-    opts = options.to_dict()
     model_fp = model_fingerprint(options.model)
+    outdir.mkdir(parents=True, exist_ok=True)
+    with _outdir_lock(outdir):
+        result = _run_locked(jobs, outdir, options, model_fp, workers=workers, scheduler=scheduler, client=client,
+                             force=force, progress=progress, map_fn=map_fn)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+LOCK_NAME = ".maskcd-batch.lock"
+
+
+@contextlib.contextmanager
+def _outdir_lock(outdir: Path):
+    """Hold an exclusive ``flock`` on ``OUTDIR/.maskcd-batch.lock`` so two runs never write one folder at once.
+
+    The kernel drops the lock when the process dies (even by SIGKILL), so a killed run never blocks its resume.
+    """
+    import fcntl
+
+    path = outdir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise InputError(
+                f"another maskcd-batch run (pid {holder}) is writing {outdir}; wait for it to end or pass another -o"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _run_locked(jobs: list[SiteJob], outdir: Path, options: MapOptions, model_fp: dict, *, workers, scheduler, client,
+                force: bool, progress: bool, map_fn) -> BatchResult:
+    opts = options.to_dict()
     reports: dict[str, dict] = {}
     todo: list[tuple[SiteJob, dict]] = []
     for job in jobs:
@@ -164,9 +204,12 @@ def run_batch(
         if not force:
             done, reason = is_up_to_date(outdir / job.site_id, key)
             if done:
-                logger.info("site %s: up to date, skipped", job.site_id)
-                reports[job.site_id] = {**_read_report(outdir / job.site_id), "status": "skipped"}
-                continue
+                try:
+                    reports[job.site_id] = {**_read_report(outdir / job.site_id), "status": "skipped"}
+                    logger.info("site %s: up to date, skipped", job.site_id)
+                    continue
+                except (OSError, ValueError):
+                    reason = "report.json is unreadable"
             logger.info("site %s: to do (%s)", job.site_id, reason)
         todo.append((job, key))
 
@@ -206,7 +249,6 @@ def run_batch(
     result = BatchResult(sites=sites)
     result.failures_csv = write_failures(outdir / FAILURES_NAME, sites)
     result.merged = write_merged(outdir, jobs, sites, options, model_fp)
-    result.seconds = time.perf_counter() - t0
     return result
 
 

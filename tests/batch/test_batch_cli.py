@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from maskcd.batch.runner import BatchResult, _check_gpu_workers, summary_table
@@ -96,3 +98,19 @@ def test_summary_table_lists_every_site_and_totals():
     assert lines[2].split() == ["a", "mapped", "1", "3", "0.5000", "2.0", "2.00"]
     assert lines[3].split()[:2] == ["b", "skipped"] and "c.tif is not a raster" in lines[4]
     assert lines[-1].split()[:8] == ["total", "1", "mapped,", "1", "skipped,", "1", "failed", "3"]
+
+
+def test_a_second_run_on_the_same_outdir_is_refused(tmp_path):
+    from maskcd.batch.runner import LOCK_NAME, _outdir_lock, run_batch
+    from maskcd.inference.options import MapOptions
+
+    (tmp_path / "cat.csv").write_text("site_id,before,after\ns,a.tif,b.tif\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with _outdir_lock(out):
+        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+        with pytest.raises(InputError, match=r"another maskcd-batch run \(pid \d+\) is writing"):
+            run_batch(tmp_path / "cat.csv", out, MapOptions(model="maskcd-tiny"), progress=False)
+    assert not (out / "s").exists() and not (out / "failures.csv").exists()
+    with _outdir_lock(out):  # released on exit
+        pass
