@@ -479,8 +479,11 @@ def vectorize_changes(
             ``model_name``, ``model_sha``, ``run_id``), in the given order.
         chunk_size: Chunk side in pixels (rounded to a multiple of the file's tile size when it is tiled).
         n_workers: Parallel Dask workers.
-        scheduler: ``"threads"`` (default, measured fastest in ``benchmarks/vectorize.py``), ``"processes"``,
-            ``"distributed"`` (a LocalCluster of ``n_workers`` processes) or ``"synchronous"``.
+        scheduler: ``"threads"`` (default), ``"processes"`` (forked on Linux), ``"distributed"`` (a LocalCluster of
+            ``n_workers`` single-thread processes) or ``"synchronous"``. ``benchmarks/vectorize.py`` on the shared
+            2-core machine, 16k x 16k mask, 2 workers: threads 10.8 s, processes 17.1 s, distributed 32.5 s (cluster
+            start-up and transfers); in an earlier run processes edged out threads (10.2 vs 10.7 s) with less memory.
+            All give identical output.
 
     Returns:
         GeoDataFrame in the raster CRS with columns ``change_id, area_m2, perimeter_m, n_pixels, prob_mean, prob_max``,
