@@ -102,6 +102,21 @@ def test_failure_leaves_nothing_behind_and_the_old_file_untouched(tmp_path, chan
     assert old.read_bytes() == b"old" and _files(tmp_path) == before | {"old.gpkg"}
 
 
+def test_failed_add_layer_keeps_the_original_geopackage(tmp_path, changes, monkeypatch):
+    out = write_changes_gpkg(changes, tmp_path / "catalog.gpkg", metadata={"run": 1})
+    original = out.read_bytes()
+    before = _files(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("style table locked")
+
+    monkeypatch.setattr(gpkg_module, "_style_rows", broken)
+    with pytest.raises(RuntimeError, match="locked"):
+        add_layer_to_gpkg(out, changes, layer="changes_2021")
+    assert out.read_bytes() == original and _files(tmp_path) == before
+    assert "changes_2021" not in dict(pyogrio.list_layers(out))
+
+
 def test_bad_destinations(tmp_path, changes):
     with pytest.raises(InputError, match="folder does not exist"):
         write_changes_gpkg(changes, tmp_path / "nope" / "c.gpkg", metadata={})
