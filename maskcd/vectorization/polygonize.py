@@ -189,15 +189,16 @@ def polygonize_chunk(
                         np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, bool), strips)
     if n == 0:
         return empty
-    rows, cols = np.nonzero(change)  # row-major: a label's first occurrence is its first pixel in raster order
-    lab = labels[rows, cols]
+    flat = np.flatnonzero(change)  # row-major: a label's first occurrence is its first pixel in raster order
+    rows, cols = np.divmod(flat, w)
+    lab = labels.ravel()[flat]
     n_pix = np.bincount(lab, minlength=n + 1)
     n_prob = np.zeros(n + 1, np.int64)
     p_sum = np.zeros(n + 1, np.int64)
     p_max = np.full(n + 1, -1, np.int64)
     if prob_path is not None:
         with rasterio.open(prob_path) as psrc:
-            pv = psrc.read(1, window=window)[rows, cols]
+            pv = psrc.read(1, window=window).ravel()[flat]
             pnod = 255 if psrc.nodata is None else psrc.nodata
         ok = pv != pnod
         lab_ok, pv_ok = lab[ok], pv[ok].astype(np.int64)
