@@ -148,10 +148,29 @@ class PairReader:
 
     @staticmethod
     def _read(ds, bands, window, role: str, path: str) -> tuple[np.ndarray, np.ndarray]:
-        # windows are always inside the grid: never boundless (WarpedVRT raises on boundless reads)
+        """Data and validity of one window, never boundless (WarpedVRT raises on boundless reads).
+
+        For a WarpedVRT the validity comes out of the same warp as the data (its nodata value, NaN, or its alpha band
+        read together with the data): ``read_masks`` on a WarpedVRT would run the warp a second time.
+        """
         try:
-            data = ds.read(bands, window=window, out_dtype="float32")
-            valid = ds.read_masks(bands, window=window).min(axis=0) > 0
+            if isinstance(ds, WarpedVRT):
+                alpha = [i + 1 for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+                if ds.nodata is not None and not np.isnan(ds.nodata):
+                    data = ds.read(bands, window=window, out_dtype="float32")
+                    valid = ~(data == np.float32(ds.nodata)).any(axis=0)
+                elif ds.nodata is not None:
+                    data = ds.read(bands, window=window, out_dtype="float32")
+                    valid = np.ones(data.shape[1:], bool)
+                elif alpha:
+                    both = ds.read([*bands, alpha[0]], window=window, out_dtype="float32")
+                    data, valid = both[:-1], both[-1] > 0
+                else:
+                    data = ds.read(bands, window=window, out_dtype="float32")
+                    valid = ds.read_masks(bands, window=window).min(axis=0) > 0
+            else:
+                data = ds.read(bands, window=window, out_dtype="float32")
+                valid = ds.read_masks(bands, window=window).min(axis=0) > 0
         except RasterioIOError as err:
             raise InputError(
                 f"{role} image {path} cannot be read near pixel row {int(window.row_off)}, col {int(window.col_off)} "
@@ -368,16 +387,26 @@ def align_pair(
 
 
 def coarse_validity(pair: AlignedPair, factor: int) -> np.ndarray:
-    """Validity of the pair on the grid scaled by ``factor`` (nearest samples; for window skipping and all-nodata checks).
+    """Validity sampled every ``factor`` pixels (for window skipping and the all-nodata check).
 
-    Returns a ``(ceil(H/f), ceil(W/f))`` bool array; each cell samples the centre of its ``f × f`` block.
+    Returns a ``(ceil(H/f), ceil(W/f))`` bool array; cell ``(i, j)`` is the validity of reference pixel
+    ``(i·f + f//2, j·f + f//2)`` (clipped to the grid). Only one row in ``f`` is read and warped, at full resolution,
+    so the cost is about ``1/f`` of reading the scene and the result is exact at the sampled pixels.
     """
     factor = max(1, int(factor))
-    cg = pair.grid.scaled(factor)
-    with PairReader(pair, cg, Resampling.nearest) as rd:
-        _, _, valid = rd.read(0, 0, cg.height, cg.width)
+    g = pair.grid
+    rows = np.minimum(np.arange(math.ceil(g.height / factor)) * factor + factor // 2, g.height - 1)
+    cols = np.minimum(np.arange(math.ceil(g.width / factor)) * factor + factor // 2, g.width - 1)
+    valid = np.zeros((rows.size, cols.size), bool)
+    with pair.reader() as rd:
+        for i, r in enumerate(rows):
+            _, _, v = rd.read(int(r), 0, 1, g.width)
+            valid[i] = v[0, cols]
     if pair.aoi_wkb is not None:
         from rasterio.features import geometry_mask
 
-        valid &= ~geometry_mask([pair.aoi_geometry()], out_shape=valid.shape, transform=cg.transform)
+        # a coarse grid whose cell centres are the sampled pixels' centres
+        off = factor // 2 + 0.5 - factor / 2
+        t = g.transform @ Affine.translation(off, off) @ Affine.scale(factor)
+        valid &= ~geometry_mask([pair.aoi_geometry()], out_shape=valid.shape, transform=t)
     return valid

@@ -129,7 +129,7 @@ def test_warped_reads_never_boundless_and_uncovered_is_nodata(tmp_path, geotiff_
                     assert not valid[:, :40].any() and valid[1:, 41:].all()
                     assert (bb[:, ~valid] == 0).all()
     assert calls and all(not bl for _, bl in calls)
-    assert {n for n, _ in calls} == {"read", "read_masks"}
+    assert "read" in {n for n, _ in calls}
     with pytest.raises(ValueError, match="boundless"):
         with rasterio.open(b) as src, rasterio.vrt.WarpedVRT(src) as vrt:
             orig_read(vrt, 1, window=((0, 10), (0, 10)), boundless=True)
