@@ -1,8 +1,8 @@
 """Quicklook PNG per site: one row per change layer, ``before | after | change overlay``, downsampled.
 
-All three panels are on the grid of the change mask COG (the run's reference grid), read at reduced size: the mask by
-a decimated read (GDAL picks the nearest overview), the images through a :class:`rasterio.vrt.WarpedVRT` onto that
-reduced grid (the warper also reads from overviews when they exist), so no full-resolution array is ever held.
+All three panels are on the grid of the change mask COG (the run's reference grid), read at reduced size by decimated
+reads (``out_shape``), which GDAL serves from overviews: the mask COG's own, and for the images those of the source
+files through a full-resolution :class:`rasterio.vrt.WarpedVRT` onto the mask grid. No full-resolution array is held.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ OVERLAY_ALPHA = 0.6
 GAP = 4
 
 
-def _reduced_grid(mask_path: str | Path, max_size: int):
+def _mask_grid(mask_path: str | Path, max_size: int):
+    """The mask COG's full grid, and its band 1 read at reduced size (a decimated read: GDAL uses the overviews)."""
     with rasterio.open(mask_path) as src:
-        scale = max(src.width, src.height) / max_size
-        scale = max(scale, 1.0)
-        width, height = max(1, round(src.width / scale)), max(1, round(src.height / scale))
-        transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
-        mask = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
-        return src.crs, transform, width, height, mask
+        scale = max(1.0, max(src.width, src.height) / max_size)
+        shape = (max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+        mask = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+        return src.crs, src.transform, src.width, src.height, mask
 
 
 def _stretch(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -45,16 +44,20 @@ def _stretch(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def _read_rgb(path: str, bands: list[int] | None, crs, transform, width: int, height: int) -> np.ndarray:
+def _read_rgb(path: str, bands: list[int] | None, grid, shape: tuple[int, int]) -> np.ndarray:
+    """Bands of an image on the mask's full grid (a WarpedVRT), read decimated to ``shape``, stretched to uint8."""
+    crs, transform, width, height = grid
     with rasterio.open(path) as src:
         if bands:
             idx = list(bands[:3])
         else:
             idx = [1, 2, 3] if src.count >= 3 else [1]
+        # the VRT is at full resolution and the read is decimated, so GDAL serves it from the source's overviews
+        # when there are some (VRTWarpedDataset implicit overviews), else warps block by block
         with WarpedVRT(src, crs=crs, transform=transform, width=width, height=height,
-                       resampling=Resampling.average) as vrt:
-            data = vrt.read(idx)
-            valid = vrt.read_masks(idx[0]) > 0
+                       resampling=Resampling.bilinear) as vrt:
+            data = vrt.read(idx, out_shape=(len(idx), *shape), resampling=Resampling.average)
+            valid = vrt.read_masks(idx[0], out_shape=shape, resampling=Resampling.nearest) > 0
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
     if np.issubdtype(data.dtype, np.floating):
@@ -87,9 +90,10 @@ def write_quicklook(rows: list[dict], out_path: str | Path, *, bands: list[int] 
     """
     panels = []
     for row in rows:
-        crs, transform, width, height, mask = _reduced_grid(row["mask"], max_size)
-        before = _read_rgb(row["before"], bands, crs, transform, width, height)
-        after = _read_rgb(row["after"], bands, crs, transform, width, height)
+        crs, transform, width, height, mask = _mask_grid(row["mask"], max_size)
+        grid = (crs, transform, width, height)
+        before = _read_rgb(row["before"], bands, grid, mask.shape)
+        after = _read_rgb(row["after"], bands, grid, mask.shape)
         panels.append((row.get("title", ""), [before, after, _overlay(after, mask)]))
     title_h = 14
     width = max(3 * p[1][0].shape[2] + 2 * GAP for p in panels)
