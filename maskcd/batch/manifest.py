@@ -103,9 +103,18 @@ def _hash_folder(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _canonical(value):
+    # 32 and 32.0 (a flag vs a YAML value) mean the same overlap, tile or area
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def config_fingerprint(options: dict) -> dict:
     """The mapping settings that change results (``MapOptions`` as a dict minus :data:`NON_RESULT_KEYS`)."""
-    return {k: options[k] for k in sorted(options) if k not in NON_RESULT_KEYS and k != "model"}
+    return {k: _canonical(options[k]) for k in sorted(options) if k not in NON_RESULT_KEYS and k != "model"}
 
 
 def site_key(job, options: dict, model_fp: dict) -> dict:

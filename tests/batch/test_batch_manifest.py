@@ -89,3 +89,10 @@ def test_unresolvable_model_is_an_input_error(tmp_path, monkeypatch):
         model_fingerprint(str(tmp_path / "no-such-folder"))
     with pytest.raises(InputError, match="cannot be fetched"):
         model_fingerprint("nobody-has/this-model-xyz")
+
+
+def test_equal_numbers_of_different_types_give_one_key(site):
+    _, job, out, opts, key = site
+    fp = model_fingerprint("maskcd-tiny")
+    assert site_key(job, {**opts, "overlap": 32}, fp) == site_key(job, {**opts, "overlap": 32.0}, fp)
+    assert site_key(job, {**opts, "overlap": 32}, fp) != site_key(job, {**opts, "overlap": 0.25}, fp)
