@@ -100,6 +100,14 @@ def test_scene_tiles_are_split_by_site_never_by_tile(tmp_path):
     sites[0]["split"] = "test"
     catalog = write_catalog(tmp_path / "catalog.yaml", sites)
     dsd, splits = build_from_scenes(catalog, tile=48, stride=48, val_fraction=0.25, test_fraction=0.25, seed=0)
+    # the CLI writes the same tiles with save_to_disk
+    from maskcd.cli.dataset import main
+
+    out = tmp_path / "scenes_ds"
+    assert main(["scenes", str(catalog), "-o", str(out), "--tile", "48", "--val-fraction", "0.25",
+                 "--test-fraction", "0.25"]) == 0
+    saved = load_patch_dataset(out)
+    assert {k: sorted(v["name"]) for k, v in saved.items()} == {k: sorted(v["name"]) for k, v in dsd.items()}
     assert splits["site0"] == "test" and set(splits.values()) == {"train", "val", "test"}
     by_split = {s: set(d["source"]) for s, d in dsd.items()}
     for s, d in dsd.items():
