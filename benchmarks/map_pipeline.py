@@ -88,6 +88,7 @@ class MemorySampler:
         self.period = period
         self.peak_pss = self.peak_rss = 0.0
         self.peak_workers = 0
+        self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -103,6 +104,7 @@ class MemorySampler:
                 rss += info.rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+        self.samples.append((time.perf_counter(), pss / 2**20))
         self.peak_pss = max(self.peak_pss, pss / 2**20)
         self.peak_rss = max(self.peak_rss, rss / 2**20)
         self.peak_workers = max(self.peak_workers, len(procs) - 1)
@@ -110,6 +112,17 @@ class MemorySampler:
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             self._sample()
+
+    def stage_peaks(self, t0: float, timings: dict) -> dict:
+        """Peak PSS (MB) per pipeline stage, from the stage durations in order after ``t0``."""
+        out, start = {}, t0
+        for key in ("load_model_s", "align_s", "infer_s", "stitch_s", "vectorize_s", "write_s"):
+            end = start + timings.get(key, 0.0)
+            vals = [m for t, m in self.samples if start <= t <= end + self.period]
+            if vals:
+                out[key[:-2]] = round(max(vals))
+            start = end
+        return out
 
     def __enter__(self) -> MemorySampler:
         self._thread.start()
@@ -131,8 +144,8 @@ def bare_forward(model, pair, windows, tile: int, batch_size: int, device: torch
     from maskcd.inference.dataset import WindowDataset, collate_windows
 
     ds = WindowDataset(pair, windows, tile)
-    batches = [collate_windows([ds[j] for j in range(i, min(i + batch_size, len(ds)))])
-               for i in range(0, len(ds), batch_size)]
+    kept = [j for j in range(len(ds)) if ds[j]["keep"]]  # the pipeline skips windows with < 5 % valid data too
+    batches = [collate_windows([ds[j] for j in kept[i : i + batch_size]]) for i in range(0, len(kept), batch_size)]
     batches = [(b["image_a"].to(device), b["image_b"].to(device)) for b in batches]
     ac = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else None
     _sync(device)
@@ -153,15 +166,17 @@ def bare_forward(model, pair, windows, tile: int, batch_size: int, device: torch
 def part_a(args, work: Path) -> None:
     from maskcd.data.synthetic import make_scene_pair
     from maskcd.inference import MapOptions, map_scene
-    from maskcd.inference.pipeline import MIN_VALID_FRACTION
-    from maskcd.inference.tiling import filter_valid, grid_windows, resolve_overlap
-    from maskcd.io import align_pair, coarse_validity
+    from maskcd.inference.tiling import grid_windows, resolve_overlap
+    from maskcd.io import align_pair
     from maskcd.models import build_model
 
     scene = make_scene_pair(work / "a", seed=31, size=args.size)
     torch.manual_seed(0)
     model = build_model(args.preset).eval()
-    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    device = torch.device(args.device if args.device.startswith("cuda") else "cpu")
+    if device.type == "cuda" and not args.bf16:
+        print("    note: map_scene always runs bf16 autocast on CUDA; the bare forward uses it too")
+        args.bf16 = True
     model.to(device)
     spec = model.inference_spec
     tile = args.tile or spec.tile_size
@@ -179,9 +194,7 @@ def part_a(args, work: Path) -> None:
 
     pair = align_pair(scene["before"], scene["after"], spec)
     overlap = resolve_overlap(tile, args.overlap)
-    factor = max(1, min(tile // 16, 64))
-    windows = filter_valid(grid_windows(pair.grid.height, pair.grid.width, tile, tile - overlap),
-                           coarse_validity(pair, factor), factor, MIN_VALID_FRACTION)
+    windows = grid_windows(pair.grid.height, pair.grid.width, tile, tile - overlap)
     print(f"(a) {args.preset} on {args.device}{' bf16' if args.bf16 else ''}: {args.size}² synthetic scene, tile {tile}, "
           f"overlap {overlap} px, batch {args.batch_size}, {len(windows)} windows, {args.workers} reader worker(s), "
           f"{torch.get_num_threads()} torch threads")
@@ -240,10 +253,11 @@ def child_rss(args, work: Path) -> None:
     with MemorySampler() as mem:
         res = map_scene(before, after, out, opts, model=PixelDiffModel(args.rss_tile), progress=False)
     wall = time.perf_counter() - t
+    stages = mem.stage_peaks(t, res.timings)
     print(json.dumps({"size": size, "wall_s": wall, "main_hwm_mb": _vm_hwm_mb(), "peak_pss_mb": mem.peak_pss,
                       "peak_rss_sum_mb": mem.peak_rss, "workers": mem.peak_workers,
                       "ru_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                      "n_polygons": res.n_polygons, "timings": res.timings}))
+                      "n_polygons": res.n_polygons, "timings": res.timings, "stage_pss_mb": stages}))
     shutil.rmtree(out.parent, ignore_errors=True)
 
 
@@ -270,7 +284,8 @@ def part_c(args, work: Path) -> None:
               f"main + {r['workers']} reader worker(s): peak PSS {r['peak_pss_mb']:.0f} MB (RSS sum {r['peak_rss_sum_mb']:.0f} MB, "
               f"sampled 4/s); wall {r['wall_s']:.1f} s (align {t.get('align_s', 0):.1f}, "
               f"infer {t.get('infer_s', 0):.1f}, stitch {t.get('stitch_s', 0):.1f}, vectorise "
-              f"{t.get('vectorize_s', 0):.1f}, write {t.get('write_s', 0):.1f}), {r['n_polygons']} polygons")
+              f"{t.get('vectorize_s', 0):.1f}, write {t.get('write_s', 0):.1f}), {r['n_polygons']} polygons; "
+              f"peak PSS per stage (MB): {r.get('stage_pss_mb')}")
     if peaks:
         flat = max(peaks) / min(peaks)
         print(f"    largest/smallest peak (max of main VmHWM, total PSS) = {flat:.2f}; max {max(peaks):.0f} MB (goal flat and < 3000 MB: "

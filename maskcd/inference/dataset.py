@@ -10,18 +10,26 @@ from maskcd.inference.tiling import TileWindow
 from maskcd.io.align import AlignedPair, PairReader
 
 
+MIN_VALID_FRACTION = 0.05
+"""Windows with less valid data (both dates valid, inside the AOI) than this are skipped, not run through the model."""
+
+
 class WindowDataset(Dataset):
-    """Item ``i`` = window ``i``: normalised before/after tensors ``(C, T, T)`` and the window's validity.
+    """Item ``i`` = window ``i``: normalised before/after tensors ``(C, T, T)``, the window's validity and ``keep``.
 
     Files are opened lazily in the process that reads (each worker its own reader). Windows smaller than the model
     tile (scenes smaller than a tile) are reflect-padded to ``tile`` and cropped back after the forward pass.
+    ``keep`` is False when less than ``min_valid`` of the window is valid (and inside the AOI): such windows are
+    skipped (no images are returned for them).
     """
 
-    def __init__(self, pair: AlignedPair, windows: list[TileWindow], tile: int):
+    def __init__(self, pair: AlignedPair, windows: list[TileWindow], tile: int, min_valid: float = MIN_VALID_FRACTION):
         self.pair = pair
         self.windows = list(windows)
         self.tile = int(tile)
+        self.min_valid = float(min_valid)
         self._reader: PairReader | None = None
+        self._aoi = None
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -34,8 +42,17 @@ class WindowDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self._reader is None:
             self._reader = self.pair.reader()
+            self._aoi = self.pair.aoi_geometry()
         w = self.windows[i]
         a, b, valid = self._reader.read(w.row, w.col, w.height, w.width)
+        counted = valid
+        if self._aoi is not None:
+            from rasterio.features import geometry_mask
+
+            counted = valid & ~geometry_mask([self._aoi], out_shape=valid.shape,
+                                            transform=self.pair.grid.window_transform(w.row, w.col))
+        if counted.mean() < self.min_valid:
+            return {"index": i, "image_a": None, "image_b": None, "valid": valid, "keep": False}
         ph, pw = self.tile - w.height, self.tile - w.width
         if ph > 0 or pw > 0:
             pad = ((0, 0), (0, max(ph, 0)), (0, max(pw, 0)))
@@ -46,14 +63,17 @@ class WindowDataset(Dataset):
             "image_a": spec.normalize(torch.from_numpy(a)),
             "image_b": spec.normalize(torch.from_numpy(b)),
             "valid": valid,
+            "keep": True,
         }
 
 
 def collate_windows(items: list[dict]) -> dict:
-    """Stack images; keep indices and validity on the host as plain lists (never moved to the device)."""
+    """Stack the kept windows' images; indices, validity and skipped indices stay on the host as plain lists."""
+    kept = [it for it in items if it["keep"]]
     return {
-        "image_a": torch.stack([it["image_a"] for it in items]),
-        "image_b": torch.stack([it["image_b"] for it in items]),
-        "index": [it["index"] for it in items],
-        "valid": [it["valid"] for it in items],
+        "image_a": torch.stack([it["image_a"] for it in kept]) if kept else None,
+        "image_b": torch.stack([it["image_b"] for it in kept]) if kept else None,
+        "index": [it["index"] for it in kept],
+        "valid": [it["valid"] for it in kept],
+        "skipped": [it["index"] for it in items if not it["keep"]],
     }

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import rasterio
+import torch
 
 from maskcd.errors import InputError, OutputExistsError
 from maskcd.inference.dataset import WindowDataset
@@ -28,13 +28,12 @@ from maskcd.inference.options import MapOptions, MapResult
 from maskcd.inference.predict import make_accelerator, predict_to_store
 from maskcd.inference.stitch import StitchStats, stitch_to_cogs
 from maskcd.inference.store import TileStore
-from maskcd.inference.tiling import filter_valid, grid_windows, resolve_overlap
-from maskcd.io.align import AlignedPair, align_pair, coarse_validity
+from maskcd.inference.tiling import grid_windows, resolve_overlap
+from maskcd.io.align import AlignedPair, align_pair
 from maskcd.io.shift import ShiftEstimate, estimate_shift
 
 logger = logging.getLogger(__name__)
 
-MIN_VALID_FRACTION = 0.05
 GDAL_CACHEMAX_MB = 256
 
 
@@ -177,20 +176,11 @@ def map_rasters(
         grid = pair.grid
         tile = int(options.tile or spec.tile_size)
         overlap = resolve_overlap(tile, options.overlap)
-        factor = max(1, min(tile // 16, 64))
-        validity = coarse_validity(pair, factor)
-        shift = estimate_shift(pair, validity, factor)
+        shift = estimate_shift(pair)
         timings["align_s"] = time.perf_counter() - t
 
-        # 2. tile
-        windows = filter_valid(grid_windows(grid.height, grid.width, tile, tile - overlap), validity, factor,
-                               MIN_VALID_FRACTION)
-        if not windows:
-            raise InputError(
-                f"before {before} and after {after} have no valid pixels in common (nodata, masked or NaN "
-                f"everywhere in their overlap{' inside the AOI' if options.aoi else ''}): check the files' nodata "
-                f"values or pass images of the same place"
-            )
+        # 2. tile (windows with < 5 % valid data are skipped when read)
+        windows = grid_windows(grid.height, grid.width, tile, tile - overlap)
         logger.info("%d windows of %d² px (overlap %d px) over %d×%d px", len(windows), tile, overlap,
                     grid.width, grid.height)
 
@@ -207,8 +197,14 @@ def map_rasters(
                              batch_size=options.batch_size, workers=options.workers, on_batch=bar)
         finally:
             bar.close()
-        accelerator.wait_for_everyone()
+        total_done = int(accelerator.reduce(torch.tensor([done], device=accelerator.device), "sum").item())
         timings["infer_s"] = time.perf_counter() - t
+        if total_done == 0:
+            raise InputError(
+                f"before {before} and after {after} have no valid pixels in common (nodata, masked or NaN "
+                f"everywhere in their overlap{' inside the AOI' if options.aoi else ''}): check the files' nodata "
+                f"values or pass images of the same place"
+            )
         if not is_main:
             return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False, windows_done=done)
 

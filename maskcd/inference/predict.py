@@ -93,7 +93,7 @@ def predict_to_store(
     """Run the model over every window of ``dataset`` assigned to this rank and write the probabilities to ``store``.
 
     Returns:
-        Number of windows this rank processed.
+        Number of windows this rank ran through the model (windows with < 5 % valid data are skipped).
     """
     loader = DataLoader(
         dataset,
@@ -115,8 +115,15 @@ def predict_to_store(
     )
     pending = None
     done = 0
+    empty = np.full((store.height, store.width), np.nan, np.float16)
     with torch.inference_mode(), _worker_errors():
         for batch in loader:
+            for i in batch["skipped"]:  # < 5 % valid: no forward; the slot says "no data" (the file is sparse zeros)
+                store.write(i, empty)
+            if batch["skipped"] and on_batch:
+                on_batch(batch["skipped"])
+            if not batch["index"]:
+                continue
             with autocast:
                 prob = model(batch["image_a"], batch["image_b"]).change_prob
             host = prob.detach().to(torch.float16).to("cpu", non_blocking=True)

@@ -9,7 +9,7 @@ index ``box(0, 0, W, H)`` with unit resolution), so its GeoSlices are integer pi
   inside (open-cd/mmseg style), so no synthetic pixels reach the model;
 * scenes smaller than a tile are **skipped** by TorchGeo: the wrapper emits one window of the scene size, which the
   dataset pads (reflect) to the tile size;
-* windows with less than ``min_valid`` valid data (coarse validity) are dropped.
+* windows with less than 5 % valid data are skipped at read time (see :class:`~maskcd.inference.dataset.WindowDataset`).
 """
 
 from __future__ import annotations
@@ -102,19 +102,3 @@ def grid_windows(height: int, width: int, tile: int, stride: int) -> list[TileWi
         for r in rows
         for c in cols
     ]
-
-
-def filter_valid(windows: list[TileWindow], validity: np.ndarray, factor: int, min_valid: float = 0.05) -> list[TileWindow]:
-    """Keep windows whose valid fraction (from a coarse validity map with ``factor``-px cells) is at least ``min_valid``."""
-    if validity.size == 0:
-        return []
-    csum = np.pad(validity.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    kept = []
-    for w in windows:
-        r0, c0 = w.row // factor, w.col // factor
-        r1 = max(r0 + 1, min(validity.shape[0], -(-(w.row + w.height) // factor)))
-        c1 = max(c0 + 1, min(validity.shape[1], -(-(w.col + w.width) // factor)))
-        n = csum[r1, c1] - csum[r0, c1] - csum[r1, c0] + csum[r0, c0]
-        if n / ((r1 - r0) * (c1 - c0)) >= min_valid:
-            kept.append(w)
-    return kept

@@ -1,6 +1,6 @@
 """Reading and aligning the before/after images (pipeline stage 1)."""
 
-from maskcd.io.align import AlignedPair, Grid, PairReader, align_pair, coarse_validity, select_bands
+from maskcd.io.align import AlignedPair, Grid, PairReader, align_pair, select_bands
 from maskcd.io.open import acquisition_date, open_raster
 from maskcd.io.shift import ShiftEstimate, estimate_shift, phase_correlation
 
@@ -11,7 +11,6 @@ __all__ = [
     "ShiftEstimate",
     "acquisition_date",
     "align_pair",
-    "coarse_validity",
     "estimate_shift",
     "open_raster",
     "phase_correlation",

@@ -384,29 +384,3 @@ def align_pair(
             aoi_wkb=aoi_wkb,
             notes=tuple(notes),
         )
-
-
-def coarse_validity(pair: AlignedPair, factor: int) -> np.ndarray:
-    """Validity sampled every ``factor`` pixels (for window skipping and the all-nodata check).
-
-    Returns a ``(ceil(H/f), ceil(W/f))`` bool array; cell ``(i, j)`` is the validity of reference pixel
-    ``(i·f + f//2, j·f + f//2)`` (clipped to the grid). Only one row in ``f`` is read and warped, at full resolution,
-    so the cost is about ``1/f`` of reading the scene and the result is exact at the sampled pixels.
-    """
-    factor = max(1, int(factor))
-    g = pair.grid
-    rows = np.minimum(np.arange(math.ceil(g.height / factor)) * factor + factor // 2, g.height - 1)
-    cols = np.minimum(np.arange(math.ceil(g.width / factor)) * factor + factor // 2, g.width - 1)
-    valid = np.zeros((rows.size, cols.size), bool)
-    with pair.reader() as rd:
-        for i, r in enumerate(rows):
-            _, _, v = rd.read(int(r), 0, 1, g.width)
-            valid[i] = v[0, cols]
-    if pair.aoi_wkb is not None:
-        from rasterio.features import geometry_mask
-
-        # a coarse grid whose cell centres are the sampled pixels' centres
-        off = factor // 2 + 0.5 - factor / 2
-        t = g.transform @ Affine.translation(off, off) @ Affine.scale(factor)
-        valid &= ~geometry_mask([pair.aoi_geometry()], out_shape=valid.shape, transform=t)
-    return valid

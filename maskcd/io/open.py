@@ -47,9 +47,11 @@ def open_raster(path: str | os.PathLike, role: str) -> rasterio.DatasetReader:
             # rotated grids are handled by warping too, but the reference grid must be north-up
             if role == "before":
                 raise InputError(f"{role} image {p} has a rotated geotransform: warp it north-up first (gdalwarp)")
-        # a decimated read touches blocks spread over the whole file, so that a truncated / corrupt file fails here
-        # and not inside a worker
-        ds.read(1, out_shape=(min(64, ds.height), min(64, ds.width)))
+        # the first and the last block (usually the end of the file): a truncated or corrupt file fails here, not in
+        # a worker; later damage is reported by the window reads with the file name
+        ds.read(1, window=ds.block_window(1, 0, 0))
+        h, w = ds.block_shapes[0]
+        ds.read(1, window=ds.block_window(1, (ds.height - 1) // h, (ds.width - 1) // w))
     except InputError:
         ds.close()
         raise

@@ -67,14 +67,9 @@ def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
     return float(dy), float(dx), float(corr[py, px])
 
 
-def estimate_shift(pair: AlignedPair, validity: np.ndarray, factor: int, *, size: int = 256, max_windows: int = 6) -> ShiftEstimate:
-    """Estimate the global shift on up to ``max_windows`` mostly valid ``size²`` windows spread over the scene.
-
-    Args:
-        pair: The aligned pair.
-        validity: Coarse validity (see :func:`maskcd.io.align.coarse_validity`) with cell size ``factor`` pixels.
-        factor: Cell size of ``validity`` in pixels.
-        size: Window size in pixels (clipped to the scene).
+def estimate_shift(pair: AlignedPair, *, size: int = 256, max_windows: int = 6, grid_n: int = 4) -> ShiftEstimate:
+    """Estimate the global shift on up to ``max_windows`` textured ``size²`` windows with ≥ 90 % valid data, taken
+    from a ``grid_n × grid_n`` spread of candidate positions over the scene; the median over windows is returned.
 
     A shift above one pixel is logged as a warning: misregistration creates false change along edges.
     """
@@ -82,21 +77,17 @@ def estimate_shift(pair: AlignedPair, validity: np.ndarray, factor: int, *, size
     size = int(min(size, g.height, g.width))
     if size < 16:
         return ShiftEstimate(0.0, 0.0, 0, 0.0)
-    cells = max(1, size // factor)
-    candidates = []
-    rows = np.linspace(0, g.height - size, num=max(1, min(4, g.height // size)), dtype=int)
-    cols = np.linspace(0, g.width - size, num=max(1, min(4, g.width // size)), dtype=int)
-    for r in rows:
-        for c in cols:
-            cr, cc = r // factor, c // factor
-            frac = float(validity[cr : cr + cells, cc : cc + cells].mean()) if validity.size else 0.0
-            if frac >= 0.9:
-                candidates.append((frac, int(r), int(c)))
-    candidates.sort(reverse=True)
+    rows = np.unique(np.linspace(0, g.height - size, num=max(1, min(grid_n, g.height // size)), dtype=int))
+    cols = np.unique(np.linspace(0, g.width - size, num=max(1, min(grid_n, g.width // size)), dtype=int))
+    # centre-out order, so that a few windows already represent the scene
+    cands = sorted(((r, c) for r in rows for c in cols),
+                   key=lambda rc: (rc[0] + size / 2 - g.height / 2) ** 2 + (rc[1] + size / 2 - g.width / 2) ** 2)
     shifts = []
     with pair.reader() as rd:
-        for _, r, c in candidates[:max_windows]:
-            a, b, valid = rd.read(r, c, size, size)
+        for r, c in cands:
+            if len(shifts) >= max_windows:
+                break
+            a, b, valid = rd.read(int(r), int(c), size, size)
             if valid.mean() < 0.9:
                 continue
             ga, gb = a.mean(axis=0), b.mean(axis=0)

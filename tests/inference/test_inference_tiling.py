@@ -10,7 +10,7 @@ from torchgeo.samplers.utils import tile_to_chips
 
 from maskcd.inference.blend import WEIGHT_FLOOR, window_weights
 from maskcd.inference.store import TileStore
-from maskcd.inference.tiling import filter_valid, grid_windows, resolve_overlap
+from maskcd.inference.tiling import grid_windows, resolve_overlap
 
 
 def coverage(windows, h, w):
@@ -61,14 +61,22 @@ def test_resolve_overlap():
         resolve_overlap(256, 200)
 
 
-def test_filter_valid_skips_windows_below_five_percent():
-    wins = grid_windows(256, 256, 64, 64)
-    validity = np.zeros((64, 64), bool)  # factor 4
-    validity[:, :16] = True  # left 64 px column valid
-    validity[0, 20] = True  # one cell of 16*16 in window (0, 64) = 0.4 % valid
-    kept = filter_valid(wins, validity, 4, 0.05)
-    assert {(x.row, x.col) for x in kept} == {(r, 0) for r in (0, 64, 128, 192)}
-    assert filter_valid(wins, np.zeros((0, 0), bool), 4) == []
+def test_windows_below_five_percent_valid_are_skipped(tmp_path, geotiff_writer, rng, image_maker):
+    from maskcd.inference.dataset import WindowDataset, collate_windows
+    from maskcd.io import align_pair
+    from maskcd.models.base import InferenceSpec
+
+    img = image_maker(rng, 128, 192)
+    img[:, :, 64:] = 0
+    img[:, 0:2, 100:107] = 50  # 14 valid px of 4096 in window (0, 64): 0.3 %
+    img[:, 64:76, 128:150] = 50  # 264 px = 6.4 % of window (64, 128)
+    a = geotiff_writer(tmp_path / "a.tif", img, nodata=0)
+    wins = grid_windows(128, 192, 64, 64)
+    ds = WindowDataset(align_pair(a, a, InferenceSpec()), wins, 64)
+    keep = {(w.row, w.col): ds[i]["keep"] for i, w in enumerate(wins)}
+    assert keep == {(0, 0): True, (0, 64): False, (0, 128): False, (64, 0): True, (64, 64): False, (64, 128): True}
+    batch = collate_windows([ds[i] for i in range(len(wins))])
+    assert batch["image_a"].shape == (3, 3, 64, 64) and len(batch["index"]) == 3 and len(batch["skipped"]) == 3
 
 
 def test_cosine_weights_floor_edges_and_partition_of_unity():
