@@ -140,8 +140,16 @@ class PairReader:
     def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling):
         self.pair = pair
         self.grid = grid
-        self._src_a = rasterio.open(pair.before)
-        self._src_b = rasterio.open(pair.after)
+        self._src_a = self._src_b = None
+        try:
+            self._src_a = rasterio.open(pair.before)
+        except RasterioIOError as err:
+            raise InputError(f"before image {pair.before} cannot be opened any more ({str(err).splitlines()[0]}): was it moved or changed during the run?") from err
+        try:
+            self._src_b = rasterio.open(pair.after)
+        except RasterioIOError as err:
+            self._src_a.close()
+            raise InputError(f"after image {pair.after} cannot be opened any more ({str(err).splitlines()[0]}): was it moved or changed during the run?") from err
         same_grid = grid == pair.grid and not pair.warp_before
         self._vrt_a = None if same_grid else WarpedVRT(self._src_a, **_vrt_kwargs(self._src_a, grid, resampling))
         self._vrt_b = WarpedVRT(self._src_b, **_vrt_kwargs(self._src_b, grid, resampling))

@@ -234,3 +234,25 @@ def test_cogs_validate(tmp_path, geotiff_writer, rng, pixel_model, image_maker):
         cmap = ds.colormap(1)
         assert cmap[1][:3] == (230, 25, 25) and cmap[0][:3] == (0, 0, 0)  # TIFF palettes carry no alpha
         assert set(np.unique(ds.read(1))) <= {0, 1, 255}
+
+
+def test_reader_error_in_a_dataloader_worker_is_one_line(tmp_path, geotiff_writer, rng, constant_model, image_maker):
+    """A file that disappears after the checks fails inside a worker; the error keeps its one-line message."""
+    from maskcd.inference.dataset import WindowDataset
+    from maskcd.inference.predict import make_accelerator, predict_to_store
+    from maskcd.inference.store import TileStore
+    from maskcd.inference.tiling import grid_windows
+    from maskcd.io import align_pair
+
+    img = image_maker(rng, 80, 80)
+    a = geotiff_writer(tmp_path / "a.tif", img)
+    b = geotiff_writer(tmp_path / "b.tif", img)
+    model = constant_model(0.5)
+    pair = align_pair(a, b, model.inference_spec)
+    b.unlink()
+    wins = grid_windows(80, 80, 64, 48)
+    store = TileStore(tmp_path / "s.f16", len(wins), 64, 64).create()
+    with pytest.raises(InputError) as err:
+        predict_to_store(model, WindowDataset(pair, wins, 64), store, make_accelerator("cpu"), batch_size=2, workers=1)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"after image {b}") and "Traceback" not in msg
