@@ -100,6 +100,30 @@ def load_training_state(folder: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def fix_num_masks_reduction(model) -> bool:
+    """Make a Mask2Former criterion normalise by the mean number of target masks per process.
+
+    transformers' ``Mask2FormerLoss.get_num_masks`` (4.35 as used by the published MaskCD, and 5.x) reduces the count
+    with accelerate's ``reduce`` whose default is the *mean*, then divides by the world size again: under N processes
+    the mask and dice losses come out N times too large (the evident intent is sum / N). The criterion instance gets
+    a corrected method; single-process training is unchanged. Returns whether a criterion was patched.
+    """
+    criterion = getattr(model, "criterion", None)
+    if criterion is None or not hasattr(criterion, "get_num_masks"):
+        return False
+    from accelerate import PartialState
+    from accelerate.utils import reduce
+
+    def get_num_masks(class_labels, device):
+        num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
+        if PartialState._shared_state and PartialState().num_processes > 1:
+            num_masks = reduce(num_masks, reduction="sum") / PartialState().num_processes
+        return torch.clamp(num_masks, min=1)
+
+    criterion.get_num_masks = get_num_masks
+    return True
+
+
 def _output_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path("exp") / dataset_name(cfg.dataset)
 
@@ -135,6 +159,7 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                                 f"--overwrite to start again, or another --output-dir")
 
     model = load_model(resume_dir or cfg.model)
+    fix_num_masks_reduction(model)
     spec = model.inference_spec
     train_ds = make_split(cfg.dataset, "train", spec, cfg.data, train=True)
     val_ds = make_split(cfg.dataset, "val", spec, cfg.data, train=False)
@@ -167,9 +192,8 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
     log_path = out_dir / "metrics.jsonl"
     last_metrics = None
     for epoch in range(start_epoch, cfg.epochs):
-        for ds in (train_ds,):
-            if hasattr(ds, "set_epoch"):
-                ds.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):  # per-epoch chips (scenes) / augmentation draws (patches)
+            train_ds.set_epoch(epoch)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         model.train()
@@ -186,14 +210,18 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            n = batch["image_a"].shape[0] * accelerator.num_processes
+            n = batch["image_a"].shape[0]
             total_loss += loss.detach().float().item() * n
             n_pairs += n
             steps += 1
-            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{n_pairs / max(time.time() - tick, 1e-9):.1f}")
+            rate = n_pairs * accelerator.num_processes / max(time.time() - tick, 1e-9)
+            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{rate:.1f}")
             if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
                 break
         elapsed = time.time() - tick
+        # loss averaged over every pair of every process
+        sums = accelerator.reduce(torch.tensor([total_loss, float(n_pairs)], device=accelerator.device), "sum")
+        total_loss, n_pairs = float(sums[0]), int(sums[1])
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         record = {"epoch": epoch, "loss": total_loss / max(n_pairs, 1), "lr": lr, "pairs": n_pairs,

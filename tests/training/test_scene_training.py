@@ -54,3 +54,33 @@ def test_catalog_trains_with_torchgeo_samplers_and_resumes(catalog, tmp_path, ca
     assert lines[1]["val"]["num_items"] == 4  # GridGeoSampler: 2x2 chips of 48 px on the 96 px val site
     assert lines[0]["lr"] < lines[1]["lr"]  # warm-up epoch, then the cosine starts at the full rate
     assert (out / "best_f1" / "model.safetensors").is_file()
+
+
+def test_two_process_training_matches_one_process_loss_scale(catalog, tmp_path):
+    """torchrun with 2 gloo ranks trains the same chips; the epoch loss keeps the single-process scale (transformers'
+    Mask2Former loss would double its mask/dice terms under 2 processes without the num_masks fix)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    assert _train(catalog, tmp_path / "one", epochs=1) == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(port),
+           str(repo / "pipelines/train.py"), "--dataset", str(catalog), "--model", "maskcd-tiny", "--batch-size", "1",
+           "--learning-rate", "1e-3", "--epochs", "1", "--val-every", "1", "--crop", "48", "--stride", "48",
+           "--chips-per-site", "2", "--optimizer", "adamw", "--warmup-epochs", "1", "--output-dir",
+           str(tmp_path / "two"), "--seed", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert two["pairs"] == one["pairs"] == 4 and two["val"]["num_processes"] == 2
+    assert two["val"]["num_items"] == one["val"]["num_items"] == 4
+    assert 0.7 < two["loss"] / one["loss"] < 1.35, (one["loss"], two["loss"])
+    assert torch.load(tmp_path / "two" / "last" / "training_state.pt", weights_only=True)["epoch"] == 0
