@@ -128,9 +128,16 @@ class PatchPairDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensors, keep other values as lists."""
+    """Stack tensors, keep other values as lists; patches of different sizes in one batch are an :class:`InputError`."""
     out = {}
     for key in items[0]:
         values = [it[key] for it in items]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+        if isinstance(values[0], torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                raise InputError(f"a batch mixes {key} sizes {sorted(shapes)}: use --batch-size 1 (or --crop) for "
+                                 f"datasets whose patches differ in size")
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
     return out

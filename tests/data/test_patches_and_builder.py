@@ -115,3 +115,12 @@ def test_scene_tiles_are_split_by_site_never_by_tile(tmp_path):
     assert sum(len(d) for d in dsd.values()) == 4 * 4  # 2x2 tiles of 48 px per 96 px site
     row = dsd["train"][0]
     assert row["imageA"].size == (48, 48) and set(np.unique(np.asarray(row["label"]))) <= {0, 255}
+
+
+def test_batches_of_mixed_patch_sizes_give_a_clear_error():
+    from maskcd.data.patches import collate
+
+    items = [{"image_a": torch.zeros(3, 8, 8), "key": "a"}, {"image_a": torch.zeros(3, 8, 9), "key": "b"}]
+    with pytest.raises(InputError, match="--batch-size 1"):
+        collate(items)
+    assert collate(items[:1])["key"] == ["a"]
