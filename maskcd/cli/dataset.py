@@ -79,7 +79,12 @@ def main(argv=None) -> int:
         print("sites by split: " + "; ".join(f"{s}={sorted(n for n, v in site_splits.items() if v == s)}"
                                             for s in ("train", "val", "test")))
     if args.push_to_hub:
-        dsd.push_to_hub(args.push_to_hub, private=args.private)
+        try:
+            dsd.push_to_hub(args.push_to_hub, private=args.private)
+        except Exception as err:  # offline, no token, no rights: the local copy is complete
+            raise InputError(f"saved {output}, but pushing to {args.push_to_hub} failed ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); log in with `hf auth login`, unset "
+                             f"HF_HUB_OFFLINE and retry") from err
         print(f"pushed to https://huggingface.co/datasets/{args.push_to_hub}")
     return 0
 

@@ -188,6 +188,8 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if resume_dir is None and (out_dir / "metrics.jsonl").exists():  # --overwrite: a fresh log
+            (out_dir / "metrics.jsonl").unlink()
         (out_dir / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
     log_path = out_dir / "metrics.jsonl"
     last_metrics = None

@@ -124,3 +124,15 @@ def test_batches_of_mixed_patch_sizes_give_a_clear_error():
     with pytest.raises(InputError, match="--batch-size 1"):
         collate(items)
     assert collate(items[:1])["key"] == ["a"]
+
+
+def test_push_to_hub_offline_keeps_the_local_copy_and_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    from maskcd.cli.dataset import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = _folder(tmp_path / "src", ["train_1.png", "val_1.png", "test_1.png"])
+    out = tmp_path / "out"
+    assert main(["folders", str(root), "-o", str(out), "--push-to-hub", "nobody-xyz/cd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pushing to nobody-xyz/cd failed" in err[0]
+    assert len(load_patch_dataset(out)["train"]) == 1
