@@ -215,6 +215,9 @@ def map_rasters(
                                n_workers=max(1, options.workers))
         store.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if stats.overlap_consistency is not None:
+            logger.info("overlap consistency %.4f over %d px covered by several windows", stats.overlap_consistency,
+                        stats.overlap_pixels)
         os.replace(tmp_prob, prob_path)
         os.replace(tmp_mask, mask_path)
         timings["stitch_s"] = time.perf_counter() - t
@@ -316,6 +319,7 @@ def map_scene(
                 "n_windows": len(rr.windows),
                 "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
                 "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,
+                "overlap_consistency": stats.overlap_consistency,
                 "timings_s": {**timings, "wall_before_write_s": time.perf_counter() - t_start},
                 "mp_per_s": grid.n_pixels / 1e6 / max(timings["infer_s"], 1e-9),
                 "notes": list(pair.notes),

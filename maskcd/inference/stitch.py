@@ -40,10 +40,20 @@ BLOCK = 512
 
 @dataclass
 class StitchStats:
-    """Pixel counts over the whole grid after stitching."""
+    """Pixel counts over the whole grid after stitching.
+
+    ``overlap_pixels`` are valid pixels predicted by two or more windows; ``overlap_agree`` those where every window's
+    own thresholded prediction agrees (FTW-style *overlap consistency*, a cheap seam QA number).
+    """
 
     valid_pixels: int = 0
     changed_pixels: int = 0
+    overlap_pixels: int = 0
+    overlap_agree: int = 0
+
+    @property
+    def overlap_consistency(self) -> float | None:
+        return self.overlap_agree / self.overlap_pixels if self.overlap_pixels else None
 
 
 def _gtiff_profile(grid: Grid) -> dict:
@@ -55,12 +65,13 @@ def _gtiff_profile(grid: Grid) -> dict:
 
 
 class _Writer:
-    """Dask ``store`` target: band 0 of a block goes to the probability GeoTIFF, band 1 to the mask GeoTIFF."""
+    """Dask ``store`` target: band 0 of a block goes to the probability GeoTIFF, band 1 to the mask GeoTIFF; band 2
+    (0 = single coverage, 1 = overlap agreeing, 2 = overlap disagreeing) is only counted."""
 
     def __init__(self, prob_ds, mask_ds, stats: StitchStats):
         self.prob_ds, self.mask_ds, self.stats = prob_ds, mask_ds, stats
         self.lock = threading.Lock()
-        self.shape = (2, prob_ds.height, prob_ds.width)
+        self.shape = (3, prob_ds.height, prob_ds.width)
         self.dtype = np.uint8
         self.ndim = 3
 
@@ -72,6 +83,8 @@ class _Writer:
             self.mask_ds.write(value[1], 1, window=window)
             self.stats.valid_pixels += int(np.count_nonzero(value[1] != NODATA))
             self.stats.changed_pixels += int(np.count_nonzero(value[1] == 1))
+            self.stats.overlap_pixels += int(np.count_nonzero(value[2] >= 1))
+            self.stats.overlap_agree += int(np.count_nonzero(value[2] == 1))
 
 
 def blend_chunk(
@@ -82,10 +95,14 @@ def blend_chunk(
     *,
     overlap: int,
     blend: str,
-) -> np.ndarray:
-    """Blended float32 probability of grid rows ``[r0, r1)`` × cols ``[c0, c1)``; NaN where nothing valid covers."""
+    threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blended float32 probability of grid rows ``[r0, r1)`` × cols ``[c0, c1)`` (NaN where nothing valid covers) and
+    the overlap QA code per pixel (0 single coverage, 1 windows agree after thresholding, 2 they disagree)."""
     acc = np.zeros((r1 - r0, c1 - c0), np.float32)
     wsum = np.zeros_like(acc)
+    n_cov = np.zeros(acc.shape, np.uint8)
+    n_pos = np.zeros(acc.shape, np.uint8)
     rr, cc, hh, ww = starts
     hit = np.nonzero((rr < r1) & (rr + hh > r0) & (cc < c1) & (cc + ww > c0))[0]
     for i in hit:
@@ -96,11 +113,15 @@ def blend_chunk(
         wt = window_weights(w.height, w.width, overlap, w.top, w.bottom, w.left, w.right, blend)
         wt = wt[ys - w.row : ye - w.row, xs - w.col : xe - w.col]
         ok = ~np.isnan(p)
-        acc[ys - r0 : ye - r0, xs - c0 : xe - c0] += np.where(ok, wt * np.nan_to_num(p), 0.0)
-        wsum[ys - r0 : ye - r0, xs - c0 : xe - c0] += np.where(ok, wt, 0.0)
+        sl = (slice(ys - r0, ye - r0), slice(xs - c0, xe - c0))
+        acc[sl] += np.where(ok, wt * np.nan_to_num(p), 0.0)
+        wsum[sl] += np.where(ok, wt, 0.0)
+        n_cov[sl] += ok
+        n_pos[sl] += ok & (np.nan_to_num(p) > threshold)
     out = np.full_like(acc, np.nan)
     np.divide(acc, wsum, out=out, where=wsum > 0)
-    return out
+    qa = np.where(n_cov >= 2, np.where((n_pos == 0) | (n_pos == n_cov), 1, 2), 0).astype(np.uint8)
+    return out, qa
 
 
 def stitch_to_cogs(
@@ -125,7 +146,7 @@ def stitch_to_cogs(
 
     def block(dummy, block_info=None):
         (r0, r1), (c0, c1) = block_info[0]["array-location"]
-        p = blend_chunk(store, windows, starts, r0, r1, c0, c1, overlap=overlap, blend=blend)
+        p, qa = blend_chunk(store, windows, starts, r0, r1, c0, c1, overlap=overlap, blend=blend, threshold=threshold)
         nod = np.isnan(p)
         if aoi is not None:
             nod |= geometry_mask([aoi], out_shape=p.shape, transform=transform @ Affine.translation(c0, r0))
@@ -133,10 +154,11 @@ def stitch_to_cogs(
         mask = (np.nan_to_num(p) > threshold).astype(np.uint8)
         prob[nod] = NODATA
         mask[nod] = NODATA
-        return np.stack([prob, mask])
+        qa[nod] = 0
+        return np.stack([prob, mask, qa])
 
     dummy = da.zeros((grid.height, grid.width), chunks=chunk, dtype=np.uint8)
-    out = da.map_blocks(block, dummy, new_axis=0, chunks=((2,), *dummy.chunks), dtype=np.uint8)
+    out = da.map_blocks(block, dummy, new_axis=0, chunks=((3,), *dummy.chunks), dtype=np.uint8)
     stats = StitchStats()
     tmp_prob = prob_path.with_name(prob_path.name + ".tiles.tif")
     tmp_mask = mask_path.with_name(mask_path.name + ".tiles.tif")

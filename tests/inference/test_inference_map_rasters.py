@@ -47,6 +47,8 @@ def test_constant_predictions_give_a_constant_mosaic(tmp_path, geotiff_writer, r
     assert (m == 1).all()
     assert model.calls == len(rr.windows)
     assert rr.stats.valid_pixels == 150 * 181 and rr.stats.changed_pixels == 150 * 181
+    assert (rr.stats.overlap_pixels > 0) == (rr.overlap > 0 or 150 % 48 != 0)
+    assert rr.stats.overlap_consistency in (None, 1.0)
 
 
 @pytest.mark.parametrize("blend", ["cosine", "mean", "crop"])
@@ -61,6 +63,22 @@ def test_pixelwise_model_mosaic_equals_direct_prediction(tmp_path, geotiff_write
     p, _, _ = read(prob)
     ref = np.rint(pixel_model.reference(a_img, b_img) * 254)
     assert np.abs(p.astype(float) - ref).max() <= 1.0  # float16 store + uint8 rounding
+    assert rr.stats.overlap_consistency == 1.0  # a pixel-wise model agrees with itself in every overlap
+
+
+def test_overlap_consistency_detects_disagreeing_windows(tmp_path, geotiff_writer, rng, constant_model, image_maker):
+    class Alternating(constant_model):
+        """Window-dependent output: every other batch of one window predicts change everywhere."""
+
+        def forward(self, image_a, image_b, labels=None):
+            out = super().forward(image_a, image_b)
+            out.change_prob[:] = float(self.calls % 2)
+            return out
+
+    img = image_maker(rng, 100, 100)
+    a = geotiff_writer(tmp_path / "a.tif", img)
+    rr, _, _ = run(tmp_path, a, a, Alternating(0.0), batch_size=1, overlap=16)
+    assert rr.stats.overlap_pixels > 0 and rr.stats.overlap_consistency < 1.0
 
 
 def test_scene_smaller_than_a_tile_is_padded_and_mapped(tmp_path, geotiff_writer, rng, pixel_model, image_maker):
