@@ -137,6 +137,10 @@ class MineNetCDForChangeDetection(ChangeModelMixin, PreTrainedModel):
     def __init__(self, config: UperNetConfig):
         super().__init__(config)
         self.backbone = load_backbone(config)
+        if hasattr(getattr(self.backbone, "swin", None), "layernorm"):
+            # transformers' SwinBackbone keeps the classification model's final LayerNorm but never calls it; the
+            # published (transformers 4.3x) checkpoints do not have it either
+            self.backbone.swin.layernorm = nn.Identity()
         channels = list(self.backbone.channels)
         self.decode_head = UperNetHead(config, in_channels=channels)
         self.auxiliary_head = UperNetFCNHead(config, in_channels=channels) if config.use_auxiliary_head else None

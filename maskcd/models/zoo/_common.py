@@ -70,6 +70,21 @@ class ZooModel(ChangeModelMixin, PreTrainedModel):
     def _init_extra(self, module: nn.Module) -> None:
         """Initialise raw ``nn.Parameter``s a model owns directly (none by default)."""
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Sub-modules kept only for the published layout/size and never called: not trained."""
+        return []
+
+    def freeze_unused(self) -> None:
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # transformers materialises loaded weights as new Parameters (requires_grad=True): re-freeze afterwards
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_unused()
+        return loaded
+
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
         raise NotImplementedError
 

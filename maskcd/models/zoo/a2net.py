@@ -151,9 +151,7 @@ class A2Net(ZooModel):
         if self.num_bands != 3:
             self.backbone.features[0][0] = nn.Conv2d(self.num_bands, 32, 3, stride=2, padding=1, bias=False)
         self.backbone.classifier = nn.Identity()  # the released MobileNetV2 has no classifier
-        if config.keep_unused_backbone_layers:
-            self.backbone.features[18].requires_grad_(False)
-        else:
+        if not config.keep_unused_backbone_layers:
             self.backbone.features[18] = nn.Identity()
         self.aggregation = NeighborAggregation(BACKBONE_CHANNELS, d)
         self.temporal = nn.ModuleList(TemporalFusion(d) for _ in range(4))
@@ -161,6 +159,10 @@ class A2Net(ZooModel):
         self.conv_p = nn.ModuleList(ConvBNReLU(d, d, 3, bias=True) for _ in range(3))  # levels 4, 3, 2
         self.cls = nn.Conv2d(d, 1, 1)
         self.post_init()
+        self.freeze_unused()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.backbone.features[18]] if self.config.keep_unused_backbone_layers else []
 
     def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []

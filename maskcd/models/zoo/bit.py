@@ -149,10 +149,7 @@ class BIT(ZooModel):
         super().__init__(config)
         dim = 32
         self.resnet = resnet18_dilated(self.num_bands)
-        if config.keep_unused_resnet_layers:
-            self.resnet.layer4.requires_grad_(False)
-            self.resnet.fc.requires_grad_(False)
-        else:
+        if not config.keep_unused_resnet_layers:
             self.resnet.layer4 = nn.Identity()
             self.resnet.fc = nn.Identity()
         self.conv_pred = nn.Conv2d(256, dim, 3, padding=1)
@@ -169,6 +166,10 @@ class BIT(ZooModel):
             nn.Conv2d(dim, 2, 3, padding=1),
         )
         self.post_init()
+        self.freeze_unused()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.resnet.layer4, self.resnet.fc] if self.config.keep_unused_resnet_layers else []
 
     def _init_extra(self, module: nn.Module) -> None:
         if module is self:
