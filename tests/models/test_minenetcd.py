@@ -13,6 +13,15 @@ import torch
 from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.minenetcd import EinFFT, MineNetCDForChangeDetection
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these models are small, and on a shared 2-core machine extra threads only spin."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 REFERENCE = ("reference", "minenetcd_changefft_tiny_legacy")
 
 
