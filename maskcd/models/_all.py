@@ -8,3 +8,4 @@ from maskcd.models.zoo import bit  # noqa: F401
 from maskcd.models.zoo import changeformer  # noqa: F401
 from maskcd.models.zoo import a2net  # noqa: F401
 from maskcd.models.zoo import tinycd  # noqa: F401
+from maskcd.models.zoo import dminet  # noqa: F401
