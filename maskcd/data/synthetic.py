@@ -7,7 +7,8 @@ A scene is rendered from two *land-cover maps* (before, after) over the same ter
   an irregular rim;
 * waste dumps: light grey-brown mounds with sun-side shading and rubble texture;
 * tailings ponds: flat turquoise water with a pale beach rim (they appear, never grow);
-* haul roads: pale gravel polylines 5-9 m wide joining the features.
+* haul roads: pale gravel polylines 5-9 m wide joining the features; they appear or grow (extended by new
+  segments).
 
 Between the dates, features *appear* or *grow* (a pit or dump widened keeps its inner terraces identical, because the
 rendering is a function of absolute position). The truth mask is exactly the set of pixels whose land-cover class
@@ -119,7 +120,7 @@ class _Scene:
     """Geometry of one scene: blobs with before/after scales and roads with before/after presence."""
 
     blobs: list  # (blob, scale_before or 0 when absent, scale_after)
-    roads: list  # (points, width, present_before, present_after)
+    roads: list  # (points, width, points drawn before (0 = absent), points drawn after)
 
 
 def _random_scene(rng: np.random.Generator, size: int, cfg: SyntheticConfig) -> _Scene:
@@ -154,7 +155,13 @@ def _random_scene(rng: np.random.Generator, size: int, cfg: SyntheticConfig) -> 
             pts.append((pts[-1][0] + step * math.sin(heading), pts[-1][1] + step * math.cos(heading)))
         width = rng.uniform(5, 9) / cfg.gsd
         changed = rng.random() < cfg.change_fraction
-        roads.append((pts, width, not changed, True))
+        if not changed:
+            before = len(pts)
+        elif len(pts) >= 3 and rng.random() < 0.5:  # grows: extended by its last segments
+            before = len(pts) // 2 + 1
+        else:  # appears
+            before = 0
+        roads.append((pts, width, before, len(pts)))
     return _Scene(blobs, roads)
 
 
@@ -163,8 +170,9 @@ def _landcover(scene: _Scene, shape: tuple[int, int], when: str) -> tuple[np.nda
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     cover = np.zeros(shape, np.uint8)
     for points, width, before, after in scene.roads:
-        if (before if when == "before" else after):
-            cover[_road_mask(shape, points, width)] = ROAD
+        n = before if when == "before" else after
+        if n >= 2:
+            cover[_road_mask(shape, points[:n], width)] = ROAD
     fields = {}
     # draw large blobs first so that smaller ones overprint them
     order = sorted(range(len(scene.blobs)), key=lambda i: -scene.blobs[i][0].a * scene.blobs[i][0].b)
