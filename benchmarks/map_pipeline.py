@@ -144,15 +144,17 @@ def bare_forward(model, pair, windows, tile: int, batch_size: int, device: torch
     from maskcd.inference.dataset import WindowDataset, collate_windows
 
     ds = WindowDataset(pair, windows, tile)
-    kept = [j for j in range(len(ds)) if ds[j]["keep"]]  # the pipeline skips windows with < 5 % valid data too
+    kept = [j for j in range(len(ds)) if ds[j][1]]  # the pipeline skips windows with < 5 % valid data too
     batches = [collate_windows([ds[j] for j in kept[i : i + batch_size]]) for i in range(0, len(kept), batch_size)]
     batches = [(b["image_a"].to(device), b["image_b"].to(device)) for b in batches]
+    spec = pair.spec
     ac = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else None
     _sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         outs = []
         for a, b in batches:
+            a, b = spec.normalize(a), spec.normalize(b)  # as the pipeline does, after device placement
             if ac is not None:
                 with ac:
                     outs.append(model(a, b).change_prob)

@@ -15,7 +15,9 @@ MIN_VALID_FRACTION = 0.05
 
 
 class WindowDataset(Dataset):
-    """Item ``i`` = window ``i``: normalised before/after tensors ``(C, T, T)``, the window's validity and ``keep``.
+    """Item ``i`` = window ``i`` as ``(i, keep, image_a, image_b, valid)``: raw float32 before/after tensors
+    ``(C, T, T)`` (invalid pixels zero-filled; normalise with the model's :class:`~maskcd.models.InferenceSpec` after
+    moving them to the device) and the ``(h, w)`` validity.
 
     Files are opened lazily in the process that reads (each worker its own reader). Windows smaller than the model
     tile (scenes smaller than a tile) are reflect-padded to ``tile`` and cropped back after the forward pass.
@@ -52,28 +54,32 @@ class WindowDataset(Dataset):
             counted = valid & ~geometry_mask([self._aoi], out_shape=valid.shape,
                                             transform=self.pair.grid.window_transform(w.row, w.col))
         if counted.mean() < self.min_valid:
-            return {"index": i, "image_a": None, "image_b": None, "valid": valid, "keep": False}
+            return i, False, None, None, valid
         ph, pw = self.tile - w.height, self.tile - w.width
         if ph > 0 or pw > 0:
             pad = ((0, 0), (0, max(ph, 0)), (0, max(pw, 0)))
             a, b = np.pad(a, pad, mode="reflect"), np.pad(b, pad, mode="reflect")
-        spec = self.pair.spec
-        return {
-            "index": i,
-            "image_a": spec.normalize(torch.from_numpy(a)),
-            "image_b": spec.normalize(torch.from_numpy(b)),
-            "valid": valid,
-            "keep": True,
-        }
+        # raw values: normalisation runs after device placement (on the GPU when there is one)
+        return i, True, torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b)), valid
 
 
-def collate_windows(items: list[dict]) -> dict:
+def collate_list(items: list[tuple]) -> list[tuple]:
+    """DataLoader ``collate_fn``: keep the items as they are; :func:`collate_windows` stacks them in the main process.
+
+    Stacking inside the workers (``torch.stack`` there) made each worker's private memory grow by about one window per
+    item (torch 2.14, fork workers; measured in ``benchmarks/map_pipeline.py``), which broke flat memory on large
+    scenes.
+    """
+    return items
+
+
+def collate_windows(items: list[tuple]) -> dict:
     """Stack the kept windows' images; indices, validity and skipped indices stay on the host as plain lists."""
-    kept = [it for it in items if it["keep"]]
+    kept = [it for it in items if it[1]]
     return {
-        "image_a": torch.stack([it["image_a"] for it in kept]) if kept else None,
-        "image_b": torch.stack([it["image_b"] for it in kept]) if kept else None,
-        "index": [it["index"] for it in kept],
-        "valid": [it["valid"] for it in kept],
-        "skipped": [it["index"] for it in items if not it["keep"]],
+        "image_a": torch.stack([it[2] for it in kept]) if kept else None,
+        "image_b": torch.stack([it[3] for it in kept]) if kept else None,
+        "index": [it[0] for it in kept],
+        "valid": [it[4] for it in kept],
+        "skipped": [it[0] for it in items if not it[1]],
     }

@@ -34,7 +34,7 @@ from maskcd.io.shift import ShiftEstimate, estimate_shift
 
 logger = logging.getLogger(__name__)
 
-GDAL_CACHEMAX_MB = 256
+GDAL_CACHEMAX_MB = int(os.environ.get("MASKCD_GDAL_CACHEMAX_MB", "128"))
 
 
 def output_paths(out_gpkg: str | os.PathLike, options: MapOptions) -> tuple[Path, Path, Path]:
@@ -129,6 +129,29 @@ class _Progress:
             self.bar.close()
 
 
+_MALLOC_SET = False
+
+
+def bound_malloc(threshold: int = 1 << 20) -> None:
+    """Serve allocations ≥ ``threshold`` bytes with mmap so that freed window buffers go back to the OS (glibc only).
+
+    glibc raises its mmap threshold after each freed large block, after which window-sized buffers (tens of MB,
+    allocated and freed once per batch) come from the heap and stay resident: RSS then grew with the scene size.
+    A fixed threshold keeps memory flat (measured in ``benchmarks/map_pipeline.py``). No-op where glibc is absent.
+    """
+    global _MALLOC_SET
+    if _MALLOC_SET or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD (also disables the dynamic adjustment)
+        _MALLOC_SET = True
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class RasterRun:
     """What stages 1–4 produced (see :func:`map_rasters`)."""
@@ -161,6 +184,7 @@ def map_rasters(
     stitches (``stats`` is ``None`` on the others).
     """
     timings: dict[str, float] = {}
+    bound_malloc()
     prob_path, mask_path = Path(prob_path), Path(mask_path)
     run = uuid.uuid4().hex[:8]
     spec = model.inference_spec

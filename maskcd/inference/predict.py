@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from maskcd.errors import MaskCDError
-from maskcd.inference.dataset import WindowDataset, collate_windows
+from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def predict_to_store(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate_windows,
+        collate_fn=collate_list,
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
@@ -108,6 +108,7 @@ def predict_to_store(
     loader = accelerator.prepare_data_loader(loader, device_placement=True)
     device = accelerator.device
     model = model.to(device).eval()
+    spec = dataset.pair.spec
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if accelerator.mixed_precision == "bf16" and device.type == "cuda"
@@ -117,15 +118,17 @@ def predict_to_store(
     done = 0
     empty = np.full((store.height, store.width), np.nan, np.float16)
     with torch.inference_mode(), _worker_errors():
-        for batch in loader:
+        for items in loader:
+            batch = collate_windows(items)  # stacked here, not in the workers (see collate_list)
             for i in batch["skipped"]:  # < 5 % valid: no forward; the slot says "no data" (the file is sparse zeros)
                 store.write(i, empty)
             if batch["skipped"] and on_batch:
                 on_batch(batch["skipped"])
             if not batch["index"]:
                 continue
+            image_a, image_b = spec.normalize(batch["image_a"]), spec.normalize(batch["image_b"])
             with autocast:
-                prob = model(batch["image_a"], batch["image_b"]).change_prob
+                prob = model(image_a, image_b).change_prob
             host = prob.detach().to(torch.float16).to("cpu", non_blocking=True)
             event = None
             if device.type == "cuda":

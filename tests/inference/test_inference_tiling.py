@@ -73,7 +73,7 @@ def test_windows_below_five_percent_valid_are_skipped(tmp_path, geotiff_writer, 
     a = geotiff_writer(tmp_path / "a.tif", img, nodata=0)
     wins = grid_windows(128, 192, 64, 64)
     ds = WindowDataset(align_pair(a, a, InferenceSpec()), wins, 64)
-    keep = {(w.row, w.col): ds[i]["keep"] for i, w in enumerate(wins)}
+    keep = {(w.row, w.col): ds[i][1] for i, w in enumerate(wins)}
     assert keep == {(0, 0): True, (0, 64): False, (0, 128): False, (64, 0): True, (64, 64): False, (64, 128): True}
     batch = collate_windows([ds[i] for i in range(len(wins))])
     assert batch["image_a"].shape == (3, 3, 64, 64) and len(batch["index"]) == 3 and len(batch["skipped"]) == 3
