@@ -110,7 +110,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
-    expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet"}
+    expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet"}
     assert expected <= archs
 
 
@@ -213,7 +213,7 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
-    "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "minenetcd-swin-t": 57.81,
+    "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "minenetcd-swin-t": 57.81,
 }
 
 
@@ -251,6 +251,7 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert not any(p.requires_grad for p in a2.backbone.features[18].parameters())
     dmi = tiny_model("dminet")
     assert not any(p.requires_grad for p in dmi.resnet.fc.parameters())
+    assert not any(p.requires_grad for p in tiny_model("mspsnet").unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
