@@ -20,8 +20,13 @@ renames the legacy Swin keys itself (its ``SwinBackbone`` conversion mapping).
 Deviations (``../shared/design/models.md`` §6): the backbone type is honoured (UCD hard-codes Swin-T, #11); ResNet
 backbones are built from the ``microsoft/resnet-*`` architectures with random weights (nothing is downloaded); a
 legacy checkpoint's Swin shapes are read from its weights, so the likely mislabelled "Swin-Diff-T" checkpoint that
-holds a Swin-B loads as the Swin-B it is, with a warning (#13). The VMamba and concatenation variants of the released
+holds a Swin-B loads as the Swin-B it is, with a warning (#13); transformers 5's ``SwinBackbone`` carries the Swin
+classifier's final LayerNorm, which never reaches the feature maps and is absent from the published checkpoints: it is
+replaced by an identity (no dead parameters). The VMamba and concatenation variants of the released
 code are not implemented (VMamba is not in transformers); loading them fails with a clear message.
+
+Like the published model, training needs at least 2 pairs per batch: UperNet's pyramid pooling applies BatchNorm to
+1×1 pooled maps, which PyTorch cannot normalise over a single sample.
 """
 
 from __future__ import annotations
