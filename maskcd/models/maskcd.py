@@ -67,6 +67,24 @@ class MaskCDOutput(ChangeDetectionOutput):
     loss_dict: dict | None = None
 
 
+class MaskCDLoss(Mask2FormerLoss):
+    """transformers' Mask2Former loss with the number of target masks averaged correctly over processes.
+
+    ``Mask2FormerLoss.get_num_masks`` (4.35 and 5.x) reduces the count with accelerate's ``reduce``, whose default is
+    the *mean*, then divides by the world size again, so under N processes the mask and dice terms come out N times
+    too large. Mask2Former's intent (detectron2 ``criterion.py``) is ``all_reduce(sum) / world_size``.
+    """
+
+    def get_num_masks(self, class_labels, device: torch.device) -> torch.Tensor:
+        num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
+        from accelerate import PartialState
+        from accelerate.utils import reduce
+
+        if PartialState._shared_state and PartialState().num_processes > 1:
+            num_masks = reduce(num_masks, reduction="sum") / PartialState().num_processes
+        return torch.clamp(num_masks, min=1)
+
+
 class MaskCDPixelLevelModule(nn.Module):
     """Siamese pixel-level module: shared backbone on both dates, per-level channel concatenation, pixel decoder.
 
@@ -118,7 +136,7 @@ class MaskCDForChangeDetection(ChangeModelMixin, Mask2FormerForUniversalSegmenta
             "loss_dice": config.dice_weight,
         }
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
-        self.criterion = Mask2FormerLoss(config=config, weight_dict=self.weight_dict)
+        self.criterion = MaskCDLoss(config=config, weight_dict=self.weight_dict)
         self.post_init()
 
     @staticmethod

@@ -100,30 +100,6 @@ def load_training_state(folder: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def fix_num_masks_reduction(model) -> bool:
-    """Make a Mask2Former criterion normalise by the mean number of target masks per process.
-
-    transformers' ``Mask2FormerLoss.get_num_masks`` (4.35 as used by the published MaskCD, and 5.x) reduces the count
-    with accelerate's ``reduce`` whose default is the *mean*, then divides by the world size again: under N processes
-    the mask and dice losses come out N times too large (the evident intent is sum / N). The criterion instance gets
-    a corrected method; single-process training is unchanged. Returns whether a criterion was patched.
-    """
-    criterion = getattr(model, "criterion", None)
-    if criterion is None or not hasattr(criterion, "get_num_masks"):
-        return False
-    from accelerate import PartialState
-    from accelerate.utils import reduce
-
-    def get_num_masks(class_labels, device):
-        num_masks = torch.as_tensor(float(sum(len(c) for c in class_labels)), device=device)
-        if PartialState._shared_state and PartialState().num_processes > 1:
-            num_masks = reduce(num_masks, reduction="sum") / PartialState().num_processes
-        return torch.clamp(num_masks, min=1)
-
-    criterion.get_num_masks = get_num_masks
-    return True
-
-
 def _output_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) if cfg.output_dir else Path("exp") / dataset_name(cfg.dataset)
 
@@ -159,7 +135,6 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                                 f"--overwrite to start again, or another --output-dir")
 
     model = load_model(resume_dir or cfg.model)
-    fix_num_masks_reduction(model)
     spec = model.inference_spec
     train_ds = make_split(cfg.dataset, "train", spec, cfg.data, train=True)
     val_ds = make_split(cfg.dataset, "val", spec, cfg.data, train=False)
