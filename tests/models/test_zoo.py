@@ -2,8 +2,8 @@
 
 The battery builds each preset with small overrides (``tiny_overrides``: narrower backbones, fewer layers) so that it
 runs in about a minute on two CPU cores; the overrides change widths/depths, never the wiring or the loss. Presets of
-architectures that are already small (FC-EF, the Siam U-Nets, BIT, A2Net, TinyCD, DMINet, MSPSNet, CGNet) run at full size. Presets whose tiny
-variants are the same network (MineNetCD Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD
+architectures that are small or have no width option (FC-EF, the Siam U-Nets, BIT, A2Net, TinyCD, DMINet, MSPSNet,
+CGNet, HCGMNet) run at full size, on 32²–64² inputs. Presets whose tiny variants are the same network (MineNetCD Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD
 presets with the same head size) share one representative (``battery_presets``); every preset is mapped to one, and
 every preset's full-size build is checked on the meta device.
 """
@@ -112,7 +112,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
-    expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet"}
+    expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
     assert expected <= archs
 
 
@@ -215,7 +215,7 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
-    "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "minenetcd-swin-t": 57.81,
+    "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
 
 
