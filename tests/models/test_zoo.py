@@ -3,8 +3,9 @@
 The battery builds each preset with small overrides (``tiny_overrides``: narrower backbones, fewer layers) so that it
 runs in about a minute on two CPU cores; the overrides change widths/depths, never the wiring or the loss. Presets of
 architectures that are small or have no width option (FC-EF, the Siam U-Nets, BIT, A2Net, TinyCD, DMINet, MSPSNet,
-CGNet, HCGMNet) run at full size, on 32²–64² inputs. Presets whose tiny variants are the same network (MineNetCD Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD
-presets with the same head size) share one representative (``battery_presets``); every preset is mapped to one, and
+CGNet, HCGMNet) run at full size, on 32²–64² inputs. Presets whose tiny variants are the same network (MineNetCD
+Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD presets with the same head size) share one
+representative (``battery_presets``); every preset is mapped to one, and
 every preset's full-size build is checked on the meta device.
 """
 
