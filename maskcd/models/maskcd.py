@@ -94,6 +94,10 @@ class MaskCDPixelLevelModule(nn.Module):
     def __init__(self, config: Mask2FormerConfig):
         super().__init__()
         self.encoder = load_backbone(config)
+        if isinstance(getattr(getattr(self.encoder, "swin", None), "layernorm", None), nn.LayerNorm):
+            # SwinBackbone runs the full SwinModel, whose final LayerNorm feeds no feature map: it is not in the
+            # published checkpoints, would get no gradient (DDP unused parameters) and only costs time.
+            self.encoder.swin.layernorm = nn.Identity()
         self.decoder = Mask2FormerPixelDecoder(config, feature_channels=[2 * c for c in self.encoder.channels])
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):

@@ -117,12 +117,12 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
     else:
         precision = cfg.mixed_precision
     if accelerator is None:
-        # the Swin backbone's final layernorm is not used by MaskCD (it reads the stage outputs): DDP must allow it
+        # every trainable parameter gets a gradient (tests/models/test_zoo.py checks it), so DDP needs no unused-search
         # cpu=True without a GPU: accelerate only sets up gloo ranks under torchrun when told it runs on CPU
         accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
                                   gradient_accumulation_steps=cfg.grad_accum,
                                   dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
     set_seed(cfg.seed)
     out_dir = _output_dir(cfg)
     resume_dir = None
@@ -142,7 +142,9 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
         raise InputError(f"dataset {cfg.dataset}: the train split is empty")
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=False,
+    # A trailing batch of a single pair breaks BatchNorm models (UperNet's 1x1 pooling branch): drop only that one.
+    drop_last = cfg.batch_size > 1 and len(train_ds) % cfg.batch_size == 1
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=drop_last,
                         num_workers=cfg.num_workers, generator=gen)
     if cfg.optimizer.lower() == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
