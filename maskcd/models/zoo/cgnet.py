@@ -30,6 +30,14 @@ from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_l
 VGG_SLICES = ((0, 5), (5, 12), (12, 22), (22, 32), (32, 42))  # stem, then levels at strides 2, 4, 8, 16
 
 
+def vgg16_bn_stages(num_bands: int) -> nn.ModuleList:
+    """The randomly initialised VGG16-BN feature extractor cut into the stages CGNet and HCGMNet use."""
+    features = vgg16_bn(weights=None).features
+    if num_bands != 3:
+        features[0] = nn.Conv2d(num_bands, 64, 3, padding=1)
+    return nn.ModuleList(features[a:b] for a, b in VGG_SLICES)
+
+
 class CGNetConfig(PreTrainedConfig):
     """CGNet hyper-parameters.
 
@@ -76,10 +84,7 @@ class CGNet(ZooModel):
 
     def __init__(self, config: CGNetConfig):
         super().__init__(config)
-        features = vgg16_bn(weights=None).features
-        if self.num_bands != 3:
-            features[0] = nn.Conv2d(self.num_bands, 64, 3, padding=1)
-        self.encoder = nn.ModuleList(features[a:b] for a, b in VGG_SLICES)
+        self.encoder = vgg16_bn_stages(self.num_bands)
         self.conv_reduce = nn.ModuleList(ConvBNReLU(2 * c, c, 3) for c in (128, 256, 512, 512))
         self.decoder = nn.Sequential(ConvBNReLU(512, 64, 3), nn.Conv2d(64, 1, 3, padding=1))
         self.cgm = nn.ModuleList([ChangeGuideModule(256), ChangeGuideModule(512), ChangeGuideModule(512)])

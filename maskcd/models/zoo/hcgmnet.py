@@ -18,12 +18,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import vgg16_bn
 from transformers import PreTrainedConfig
 
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_loss, config_builder
-from maskcd.models.zoo.cgnet import VGG_SLICES, ChangeGuideModule
+from maskcd.models.zoo.cgnet import ChangeGuideModule, vgg16_bn_stages
 
 
 class HCGMNetConfig(PreTrainedConfig):
@@ -48,10 +47,7 @@ class HCGMNet(ZooModel):
 
     def __init__(self, config: HCGMNetConfig):
         super().__init__(config)
-        features = vgg16_bn(weights=None).features
-        if self.num_bands != 3:
-            features[0] = nn.Conv2d(self.num_bands, 64, 3, padding=1)
-        self.encoder = nn.ModuleList(features[a:b] for a, b in VGG_SLICES)
+        self.encoder = vgg16_bn_stages(self.num_bands)
         self.conv_reduce = nn.ModuleList(ConvBNReLU(2 * c, c, 3) for c in (128, 256, 512, 512))
         self.up_layers = nn.ModuleList(ConvBNReLU(c, c, 3) for c in (256, 512, 512))
         self.decode = _decoder()
