@@ -143,8 +143,8 @@ def _download(repo_id: str) -> Path:
     except LocalEntryNotFoundError as err:
         raise ModelNotFoundError(
             f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(offline or HF_HUB_OFFLINE=1): pass a local folder with config.json and weights instead "
-            f"(download it once with `hf download {repo_id} --local-dir DIR`), or a preset from {list_models()}"
+            f"(offline or HF_HUB_OFFLINE=1): pass a local folder with its config.json and weights instead "
+            f"(fetch it once on a connected machine with `hf download {repo_id} --local-dir DIR`)"
         ) from err
     except RepositoryNotFoundError as err:
         raise ModelNotFoundError(f"no Hub repository {repo_id!r}; pass a preset, a local folder or a valid id") from err
