@@ -76,7 +76,23 @@ def _up2(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
 
-class CGNet(ZooModel):
+class VGGChangeGuideMixin:
+    """What CGNet and HCGMNet share: the VGG16-BN stage outputs (strides 2-16) and zero-initialised guide gammas."""
+
+    def _init_extra(self, module: nn.Module) -> None:
+        if isinstance(module, ChangeGuideModule):
+            nn.init.zeros_(module.gamma)
+
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.encoder[0](x)
+        out = []
+        for stage in self.encoder[1:]:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+class CGNet(VGGChangeGuideMixin, ZooModel):
     """CGNet: VGG16-BN siamese encoder, change prior, change-guided attention decoder."""
 
     config_class = CGNetConfig
@@ -99,18 +115,6 @@ class CGNet(ZooModel):
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.unused] if self.config.keep_unused_layers else []
-
-    def _init_extra(self, module: nn.Module) -> None:
-        if isinstance(module, ChangeGuideModule):
-            nn.init.zeros_(module.gamma)
-
-    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.encoder[0](x)
-        out = []
-        for stage in self.encoder[1:]:
-            x = stage(x)
-            out.append(x)
-        return out
 
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
         la, lb = self._levels(image_a), self._levels(image_b)

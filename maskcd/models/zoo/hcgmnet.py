@@ -22,7 +22,7 @@ from transformers import PreTrainedConfig
 
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_loss, config_builder
-from maskcd.models.zoo.cgnet import ChangeGuideModule, vgg16_bn_stages
+from maskcd.models.zoo.cgnet import ChangeGuideModule, VGGChangeGuideMixin, vgg16_bn_stages
 
 
 class HCGMNetConfig(PreTrainedConfig):
@@ -39,7 +39,7 @@ def _decoder() -> nn.Sequential:
                          nn.Conv2d(64, 1, 3, padding=1))
 
 
-class HCGMNet(ZooModel):
+class HCGMNet(VGGChangeGuideMixin, ZooModel):
     """HCGMNet: VGG16-BN siamese encoder, multi-level change guiding map, guided attention, second decoder."""
 
     config_class = HCGMNetConfig
@@ -54,18 +54,6 @@ class HCGMNet(ZooModel):
         self.decode_final = _decoder()
         self.cgm = nn.ModuleList([ChangeGuideModule(256), ChangeGuideModule(512), ChangeGuideModule(512)])
         self.post_init()
-
-    def _init_extra(self, module: nn.Module) -> None:
-        if isinstance(module, ChangeGuideModule):
-            nn.init.zeros_(module.gamma)
-
-    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.encoder[0](x)
-        out = []
-        for stage in self.encoder[1:]:
-            x = stage(x)
-            out.append(x)
-        return out
 
     @staticmethod
     def _fuse(l1: torch.Tensor, rest: list[torch.Tensor]) -> torch.Tensor:
