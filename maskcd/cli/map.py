@@ -104,25 +104,6 @@ def resolve_options(args: argparse.Namespace) -> MapOptions:
     return opts
 
 
-def demo_metrics(mask_path: str | os.PathLike, truth_path: str | os.PathLike) -> dict:
-    """Pixel precision/recall/F1/IoU of a mask COG against the truth raster (nodata 255 in either is ignored)."""
-    import numpy as np
-    import rasterio
-
-    from maskcd.evaluation.metrics import metrics_from_counts
-
-    counts = np.zeros(4, dtype=np.int64)
-    with rasterio.open(mask_path) as m, rasterio.open(truth_path) as t:
-        if (m.width, m.height) != (t.width, t.height) or not m.transform.almost_equals(t.transform):
-            raise InputError(f"truth {truth_path} is not on the mask grid of {mask_path}")
-        for _, win in m.block_windows(1):
-            pred, true = m.read(1, window=win), t.read(1, window=win)
-            ok = (pred != 255) & (true != 255)
-            p, y = pred[ok] == 1, true[ok] == 1
-            counts += [np.sum(p & y), np.sum(p & ~y), np.sum(~p & y), np.sum(~p & ~y)]
-    return metrics_from_counts(counts)
-
-
 def _demo_inputs(out: Path, model_given: bool) -> tuple[str, str, str, str]:
     try:
         from maskcd.data.synthetic import make_scene_pair
@@ -175,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         f"({result.n_pixels / 1e6 / max(wall, 1e-9):.2f} MP/s) -> {result.gpkg}"
     )
     if truth is not None:
-        m = demo_metrics(result.mask_path, truth)
+        from maskcd.evaluation.scene import score_mask
+
+        m = score_mask(result.mask_path, truth)
         print(f"{PROG}: demo vs truth: precision {m['precision']:.3f}, recall {m['recall']:.3f}, "
               f"F1 {m['f1']:.3f}, IoU {m['iou']:.3f}")
     return 0

@@ -1,105 +1,60 @@
-"""Whole-scene evaluation with a simple sliding window (used by the demo training script and its tests).
+"""Whole-scene evaluation: map a GeoTIFF pair with the production pipeline and score the mask against a truth raster.
 
-This is an *evaluation* helper for co-registered rasters on one grid (e.g. the synthetic demo pairs); the production
-large-scene path with warping, streaming and vector output is ``maskcd.inference`` / ``maskcd-map``.
+Used by ``maskcd-map --demo``, the demo training script and its tests. Mapping goes through
+:func:`maskcd.inference.map_rasters` (alignment, tiling, blending, COGs), so what is scored is exactly what
+``maskcd-map`` produces.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 
 from maskcd.errors import InputError
 from maskcd.evaluation.metrics import ChangeMetrics
+from maskcd.models.base import IGNORE_INDEX
 
 
-def _windows(length: int, tile: int, stride: int) -> list[int]:
-    """Window starts covering ``[0, length)`` with the last window flush with the end (length ≥ tile)."""
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
+def score_mask(mask_path: str | os.PathLike, truth_path: str | os.PathLike, *, objects: bool = False) -> dict:
+    """Change metrics of a mask raster ({0, 1}, 255 = nodata) against a truth raster on the same grid.
 
-
-def _weight(tile: int) -> np.ndarray:
-    """Separable triangular blending weight, never zero (edges still count where only one window covers them)."""
-    ramp = 1.0 - np.abs(np.linspace(-1, 1, tile)) * 0.9
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
-@torch.no_grad()
-def predict_scene(model, before: np.ndarray, after: np.ndarray, tile: int | None = None, overlap: float = 0.25,
-                  batch_size: int = 8, device: str | torch.device = "cpu") -> np.ndarray:
-    """Change probability of a whole ``(C, H, W)`` raw pair with overlapping tiles blended by a triangular weight.
-
-    Args:
-        model: A maskcd model (its :class:`InferenceSpec` normalises the raw values).
-        before, after: Raw ``(C, H, W)`` arrays on the same grid.
-        tile: Window size (default: the model's ``tile_size``).
-        overlap: Fraction of the window shared with the neighbour.
-        batch_size: Windows per forward pass.
-
-    Returns:
-        ``(H, W)`` float32 probabilities in [0, 1].
+    Truth values: 1 = change, 0 = none, 255 = ignored; pixels that are nodata in the mask are ignored too. Pixel counts
+    are accumulated block by block (flat memory); ``objects=True`` adds object-level P/R at IoU ≥ 0.5, which needs
+    the whole scene in memory.
     """
-    if before.shape != after.shape:
-        raise InputError(f"before {before.shape} and after {after.shape} differ in shape: put them on one grid")
-    spec = model.inference_spec
-    tile = int(tile or spec.tile_size)
-    c, h, w = before.shape
-    ph, pw = max(0, tile - h), max(0, tile - w)
-    if ph or pw:  # scene smaller than one tile: reflect-pad
-        before = np.pad(before, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-        after = np.pad(after, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    H, W = before.shape[1:]
-    stride = max(1, int(round(tile * (1 - overlap))))
-    weight = _weight(tile)
-    acc = np.zeros((H, W), np.float32)
-    norm = np.zeros((H, W), np.float32)
-    boxes = [(y, x) for y in _windows(H, tile, stride) for x in _windows(W, tile, stride)]
-    model.eval()
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i : i + batch_size]
-        a = torch.stack([torch.from_numpy(np.ascontiguousarray(before[:, y : y + tile, x : x + tile])) for y, x in chunk])
-        b = torch.stack([torch.from_numpy(np.ascontiguousarray(after[:, y : y + tile, x : x + tile])) for y, x in chunk])
-        prob = model(spec.normalize(a).to(device), spec.normalize(b).to(device)).change_prob.float().cpu().numpy()
-        for (y, x), p in zip(chunk, prob):
-            acc[y : y + tile, x : x + tile] += p * weight
-            norm[y : y + tile, x : x + tile] += weight
-    return (acc / norm)[:h, :w]
+    metrics = ChangeMetrics(objects=objects)
+    with rasterio.open(mask_path) as m, rasterio.open(truth_path) as t:
+        if (m.width, m.height) != (t.width, t.height) or not m.transform.almost_equals(t.transform):
+            raise InputError(f"truth {truth_path} is not on the grid of the mask {mask_path}: warp it onto that grid")
+        windows = [None] if objects else [w for _, w in m.block_windows(1)]
+        for window in windows:
+            pred, true = m.read(1, window=window), t.read(1, window=window)
+            target = np.where(pred == 255, IGNORE_INDEX, true).astype(np.int64)
+            metrics.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(target))
+    return metrics.compute()
 
 
-def read_pair(before: str | Path, after: str | Path, truth: str | Path | None = None):
-    """Read a pair (and optional truth) that share one grid; raise :class:`InputError` naming the file otherwise."""
-    import rasterio
+def evaluate_scene(model, before, after, truth, threshold: float = 0.5, overlap: float = 0.25,
+                   tile: int | None = None, batch_size: int = 8) -> tuple[dict, np.ndarray]:
+    """Map a scene pair (GeoTIFF paths) with ``model`` and score it against ``truth`` (pixel and object level).
 
-    arrays, ref = [], None
-    for path in [p for p in (before, after, truth) if p is not None]:
-        try:
-            with rasterio.open(path) as src:
-                grid = (src.crs, src.transform, src.width, src.height)
-                if ref is None:
-                    ref = grid
-                elif grid != ref:
-                    raise InputError(f"{path} is not on the grid of {before}: warp it first (or use maskcd-map)")
-                arrays.append(src.read())
-        except rasterio.errors.RasterioIOError as err:
-            raise InputError(f"cannot read {path}: {err}") from err
-    if truth is not None:
-        arrays[2] = arrays[2][0]
-    return arrays
-
-
-def evaluate_scene(model, before, after, truth, threshold: float = 0.5, **kwargs) -> tuple[dict, np.ndarray]:
-    """Map a whole scene pair (GeoTIFF paths) and score it against a truth raster (1/255 = change, 0 = none).
-
-    Returns the metrics dict (pixel and object level) and the ``(H, W)`` probability map.
+    Returns the metrics and the ``(H, W)`` float32 change probability (NaN where nodata).
     """
-    a, b, t = read_pair(before, after, truth)
-    prob = predict_scene(model, a, b, **kwargs)
-    target = np.where(t == 255, 1, t) if t.max() > 1 else t
-    metrics = ChangeMetrics(objects=True)
-    metrics.update(torch.from_numpy((prob >= threshold).astype(np.int64)), torch.from_numpy(target.astype(np.int64)))
-    return metrics.compute(), prob
+    from maskcd.inference import MapOptions, map_rasters
+
+    options = MapOptions(model=str(getattr(getattr(model, "config", None), "_name_or_path", "") or "in-memory model"),
+                         tile=tile, overlap=overlap, batch_size=batch_size, threshold=threshold, device="cpu",
+                         workers=0)
+    with tempfile.TemporaryDirectory(prefix="maskcd-eval-") as tmp:
+        prob_path, mask_path = Path(tmp) / "prob.tif", Path(tmp) / "mask.tif"
+        map_rasters(before, after, prob_path, mask_path, options, model=model, progress=False)
+        metrics = score_mask(mask_path, truth, objects=True)
+        with rasterio.open(prob_path) as src:
+            raw = src.read(1)
+    prob = np.where(raw == 255, np.nan, raw / np.float32(254)).astype(np.float32)
+    return metrics, prob

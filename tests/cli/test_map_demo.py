@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import maskcd
-from maskcd.cli.map import DEMO_SEED, demo_metrics, main
+from maskcd.cli.map import DEMO_SEED, main
 
 WEIGHTS = Path(maskcd.__file__).resolve().parent / "weights" / "demo"
 
@@ -29,16 +29,3 @@ def test_demo_maps_and_scores(tmp_path, capsys):
     assert f1 > 0.8, f"the demo checkpoint should find the synthetic mining changes (F1 {f1}; 0.915 when written)"
     inputs = tmp_path / "demo_demo_inputs"
     assert any(inputs.glob(f"*{DEMO_SEED}*")), "demo inputs are generated beside OUT"
-
-
-def test_demo_metrics_counts(tmp_path, geotiff_writer):
-    import numpy as np
-
-    pred = np.array([[1, 1, 0, 255], [0, 1, 0, 0]], np.uint8)
-    true = np.array([[1, 0, 0, 1], [1, 1, 255, 0]], np.uint8)
-    mp = geotiff_writer(tmp_path / "p.tif", pred, nodata=255)
-    tp = geotiff_writer(tmp_path / "t.tif", true)
-    m = demo_metrics(mp, tp)
-    # valid: 6 pixels; tp=2 (0,0),(1,1); fp=1 (0,1); fn=1 (1,0); tn=2
-    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
-    assert m["f1"] == pytest.approx(2 / 3) and m["iou"] == pytest.approx(0.5)

@@ -1,4 +1,4 @@
-"""Whole-scene sliding-window evaluation: windows cover every pixel, blending keeps per-pixel predictions exact."""
+"""Whole-scene evaluation: the production pipeline maps the pair, the mask is scored against the truth raster."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskcd.evaluation.scene import evaluate_scene, predict_scene
+from maskcd.errors import InputError
+from maskcd.evaluation.scene import evaluate_scene, score_mask
 from maskcd.models.base import ChangeDetectionOutput, InferenceSpec
 
 
@@ -20,31 +21,33 @@ class PixelDiffModel(torch.nn.Module):
         return ChangeDetectionOutput(change_prob=((image_a - image_b).abs().sum(1) > 0.01).float())
 
 
-@pytest.mark.parametrize("shape", [(70, 45), (20, 33), (64, 64)])
-def test_sliding_window_is_exact_for_a_per_pixel_model(shape, rng):
-    before = rng.integers(0, 255, (3, *shape), dtype=np.uint8)
-    after = before.copy()
-    truth = rng.random(shape) < 0.3
-    after[:, truth] = 255 - after[:, truth]
-    prob = predict_scene(PixelDiffModel(), before, after, overlap=0.3, batch_size=3)
-    assert prob.shape == shape
-    np.testing.assert_allclose(prob, truth.astype(np.float32), atol=1e-6)
+def test_score_mask_counts(tmp_path, geotiff_writer):
+    pred = np.array([[1, 1, 0, 255], [0, 1, 0, 0]], np.uint8)
+    true = np.array([[1, 0, 0, 1], [1, 1, 255, 0]], np.uint8)
+    mp = geotiff_writer(tmp_path / "p.tif", pred, nodata=255)
+    tp = geotiff_writer(tmp_path / "t.tif", true)
+    m = score_mask(mp, tp)
+    # valid: 6 pixels; tp=2 (0,0),(1,1); fp=1 (0,1); fn=1 (1,0); tn=2
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
+    assert m["f1"] == pytest.approx(2 / 3) and m["iou"] == pytest.approx(0.5)
+    assert score_mask(mp, tp, objects=True)["tp"] == 2
 
 
-def test_evaluate_scene_reads_geotiffs_and_scores(tmp_path, geotiff_writer, rng):
-    before = rng.integers(0, 250, (3, 50, 40), dtype=np.uint8)
+@pytest.mark.parametrize("shape", [(70, 45), (20, 33)])
+def test_evaluate_scene_reads_geotiffs_and_scores(tmp_path, geotiff_writer, rng, shape):
+    before = rng.integers(0, 250, (3, *shape), dtype=np.uint8)
     after = before.copy()
-    truth = np.zeros((50, 40), np.uint8)
-    truth[10:30, 5:20] = 1
-    after[:, 10:30, 5:15] += 5  # the model finds only part of the truth
+    truth = np.zeros(shape, np.uint8)
+    truth[5:15, 5:20] = 1
+    after[:, 5:15, 5:15] += 5  # the model finds only part of the truth
     b = geotiff_writer(tmp_path / "b.tif", before)
     a = geotiff_writer(tmp_path / "a.tif", after)
     t = geotiff_writer(tmp_path / "t.tif", truth)
-    metrics, prob = evaluate_scene(PixelDiffModel(), b, a, t)
-    assert metrics["precision"] == pytest.approx(1.0) and metrics["recall"] == pytest.approx(200 / 300)
-    assert metrics["f1"] == pytest.approx(2 * 200 / (2 * 200 + 100))
-    moved = geotiff_writer(tmp_path / "m.tif", after, origin=(500001.0, 5100000.0))
-    from maskcd.errors import InputError
-
+    metrics, prob = evaluate_scene(PixelDiffModel(), b, a, t, overlap=0.3, batch_size=3)
+    assert prob.shape == shape
+    np.testing.assert_allclose(prob, (after != before).any(0).astype(np.float32), atol=1e-6)
+    assert metrics["precision"] == pytest.approx(1.0) and metrics["recall"] == pytest.approx(100 / 150)
+    assert metrics["f1"] == pytest.approx(2 * 100 / (2 * 100 + 50))
+    moved = geotiff_writer(tmp_path / "m.tif", truth, origin=(500001.0, 5100000.0))
     with pytest.raises(InputError, match="not on the grid"):
-        evaluate_scene(PixelDiffModel(), b, moved, t)
+        evaluate_scene(PixelDiffModel(), b, a, moved)
