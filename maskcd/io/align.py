@@ -30,6 +30,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from maskcd.errors import InputError
+from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import acquisition_date, open_raster
 from maskcd.models.base import InferenceSpec
 
@@ -213,20 +214,11 @@ class PairReader:
 
 
 def _utm_crs_for(src: rasterio.DatasetReader):
-    from pyproj import CRS
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
     w, s, e, n = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
-    infos = query_utm_crs_info(
-        datum_name="WGS 84", area_of_interest=AreaOfInterest(w, s, e, n)
-    )
-    if not infos:
+    utm = utm_crs_at((w + e) / 2, (s + n) / 2)
+    if utm is None:
         raise InputError(f"before image {src.name}: no UTM zone covers its footprint; reproject it to a projected CRS first")
-    lon = (w + e) / 2
-    zone = int((lon + 180) // 6) + 1
-    code = (32600 if (s + n) / 2 >= 0 else 32700) + zone
-    return CRS.from_epsg(code)
+    return utm
 
 
 def select_bands(src_a, src_b, bands: list[int] | None, spec: InferenceSpec, model_name: str = "the model") -> tuple[int, ...]:

@@ -44,6 +44,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from maskcd.errors import InputError
+from maskcd.io.crs import utm_crs_at
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def _metric_info(grid: _Grid) -> tuple[float, float | None]:
         from pyproj import Transformer
 
         cx, cy = t @ (grid.width / 2, grid.height / 2)
-        tr = Transformer.from_crs(grid.crs, _utm_for(cx, cy), always_xy=True)
+        tr = Transformer.from_crs(grid.crs, utm_crs_at(cx, cy), always_xy=True)
         x0, y0 = tr.transform(cx, cy)
         x1, y1 = tr.transform(*(t @ (grid.width / 2 + 1, grid.height / 2)))
         x2, y2 = tr.transform(*(t @ (grid.width / 2, grid.height / 2 + 1)))
@@ -413,15 +414,6 @@ def _metric_info(grid: _Grid) -> tuple[float, float | None]:
     except rasterio.errors.CRSError:
         unit = 1.0
     return math.sqrt(abs(t.a * t.e - t.b * t.d)) * unit, unit
-
-
-def _utm_for(lon: float, lat: float):
-    from pyproj import CRS
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
-    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
-    return CRS.from_epsg(info[0].code)
 
 
 def _to_multipolygons(geoms: np.ndarray) -> np.ndarray:
