@@ -36,7 +36,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from maskcd.models.base import ChangeDetectionOutput, InferenceSpec  # noqa: E402

@@ -15,7 +15,7 @@ model config, so that ``save_pretrained`` records it next to the weights and ``m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers.utils import ModelOutput
@@ -87,16 +87,28 @@ class InferenceSpec:
 INFERENCE_KEYS = ("input_bands", "value_scale", "image_mean", "image_std", "tile_size", "gsd")
 
 
+def _spec_from(values: dict) -> InferenceSpec:
+    """An :class:`InferenceSpec` from stored values (lists become tuples; missing or ``None`` keys keep defaults)."""
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if v is not None}
+    return InferenceSpec(**{**InferenceSpec().to_dict(), **given})
+
+
 def inference_spec(config) -> InferenceSpec:
     """Read the :class:`InferenceSpec` stored in a model config (defaults for what is missing, e.g. legacy configs)."""
-    default = InferenceSpec()
-    values = {}
-    for key in INFERENCE_KEYS:
-        value = getattr(config, key, None)
-        if value is None:
-            continue
-        values[key] = tuple(value) if isinstance(value, list) else value
-    return InferenceSpec(**{**default.to_dict(), **values}) if values else default
+    return _spec_from({key: getattr(config, key, None) for key in INFERENCE_KEYS})
+
+
+def pop_inference_spec(kwargs: dict, valid_keys, family: str) -> InferenceSpec:
+    """Check a preset's config keys and take the :class:`InferenceSpec` fields out of ``kwargs`` (in place).
+
+    Raises:
+        ValueError: for a key that is neither in ``valid_keys`` nor an inference-spec field, listing the valid ones.
+    """
+    valid = set(valid_keys) | set(INFERENCE_KEYS)
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(f"unknown {family} config keys {unknown}; valid keys: {sorted(valid)}")
+    return _spec_from({k: kwargs.pop(k) for k in INFERENCE_KEYS if k in kwargs})
 
 
 def set_inference_spec(config, spec: InferenceSpec | None = None, **overrides) -> None:

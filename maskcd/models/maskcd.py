@@ -37,12 +37,10 @@ from transformers.models.mask2former.modeling_mask2former import (
 )
 
 from maskcd.models.base import (
-    IGNORE_INDEX,
-    INFERENCE_KEYS,
     ChangeDetectionOutput,
     ChangeModelMixin,
-    InferenceSpec,
     check_labels,
+    pop_inference_spec,
     set_inference_spec,
 )
 from maskcd.models.registry import register_architecture, register_legacy_loader
@@ -210,17 +208,13 @@ class MaskCDForChangeDetection(ChangeModelMixin, Mask2FormerForUniversalSegmenta
         )
 
 
-_CONFIG_KEYS = set(Mask2FormerConfig().to_dict()) | set(INFERENCE_KEYS) | {"num_labels", "id2label", "label2id"}
+_CONFIG_KEYS = set(Mask2FormerConfig().to_dict()) | {"num_labels", "id2label", "label2id"}
 
 
 def build_maskcd_config(backbone_config: dict | None = None, **kwargs) -> Mask2FormerConfig:
     """A MaskCD config from a preset mapping: Mask2FormerConfig fields, a backbone dict and the inference spec."""
-    unknown = sorted(set(kwargs) - _CONFIG_KEYS)
-    if unknown:
-        raise ValueError(f"unknown MaskCD config keys {unknown}; valid keys: {sorted(_CONFIG_KEYS | {'backbone_config'})}")
-    spec_values = {k: kwargs.pop(k) for k in INFERENCE_KEYS if k in kwargs}
+    spec = pop_inference_spec(kwargs, _CONFIG_KEYS | {"backbone_config"}, "MaskCD")
     backbone_config = dict(backbone_config or {"model_type": "swin"})
-    spec = InferenceSpec(**{**InferenceSpec().to_dict(), **{k: tuple(v) if isinstance(v, list) else v for k, v in spec_values.items()}})
     backbone_config.setdefault("num_channels", spec.num_bands)
     backbone_config.setdefault("out_features", ["stage1", "stage2", "stage3", "stage4"])
     num_labels = kwargs.pop("num_labels", 2)

@@ -45,12 +45,10 @@ from transformers.backbone_utils import load_backbone
 from transformers.models.upernet.modeling_upernet import UperNetFCNHead, UperNetHead
 
 from maskcd.models.base import (
-    IGNORE_INDEX,
-    INFERENCE_KEYS,
     ChangeDetectionOutput,
     ChangeModelMixin,
-    InferenceSpec,
     check_labels,
+    pop_inference_spec,
     set_inference_spec,
 )
 from maskcd.models.registry import register_architecture, register_legacy_loader
@@ -242,15 +240,7 @@ def build_minenetcd_config(
         **kwargs: ``UperNetConfig`` fields (``hidden_size``, ``pool_scales``, ``auxiliary_*``...) and
             :class:`InferenceSpec` fields.
     """
-    unknown = sorted(set(kwargs) - _UPERNET_KEYS - set(INFERENCE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown MineNetCD config keys {unknown}; valid keys: {sorted(_UPERNET_KEYS | set(INFERENCE_KEYS) | _EXTRA_KEYS)}"
-        )
-    spec_values = {k: kwargs.pop(k) for k in INFERENCE_KEYS if k in kwargs}
-    spec = InferenceSpec(
-        **{**InferenceSpec().to_dict(), **{k: tuple(v) if isinstance(v, list) else v for k, v in spec_values.items()}}
-    )
+    spec = pop_inference_spec(kwargs, _UPERNET_KEYS | _EXTRA_KEYS, "MineNetCD")
     kwargs.setdefault("auxiliary_in_channels", None)  # None: UperNetFCNHead takes backbone.channels[2]
     config = UperNetConfig(
         backbone_config=_backbone_config(backbone_type, spec.num_bands, backbone_config),

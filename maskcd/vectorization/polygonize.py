@@ -166,7 +166,6 @@ def polygonize_chunk(
     Returns:
         The chunk's polygons and statistics, see :class:`ChunkResult`.
     """
-    from rasterio import features
     from scipy import ndimage
 
     r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)

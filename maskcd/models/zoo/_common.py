@@ -25,11 +25,10 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from maskcd.models.base import (
     IGNORE_INDEX,
-    INFERENCE_KEYS,
     ChangeDetectionOutput,
     ChangeModelMixin,
-    InferenceSpec,
     check_labels,
+    pop_inference_spec,
     set_inference_spec,
 )
 
@@ -163,15 +162,7 @@ def config_builder(config_cls: type[PreTrainedConfig]):
     params = [p for p in inspect.signature(config_cls.__init__).parameters if p not in ("self", "kwargs")]
 
     def build(**kwargs) -> PreTrainedConfig:
-        unknown = sorted(set(kwargs) - set(params) - set(INFERENCE_KEYS))
-        if unknown:
-            raise ValueError(
-                f"unknown {config_cls.model_type} config keys {unknown}; valid keys: {sorted([*params, *INFERENCE_KEYS])}"
-            )
-        spec_values = {k: kwargs.pop(k) for k in INFERENCE_KEYS if k in kwargs}
-        spec = InferenceSpec(
-            **{**InferenceSpec().to_dict(), **{k: tuple(v) if isinstance(v, list) else v for k, v in spec_values.items()}}
-        )
+        spec = pop_inference_spec(kwargs, params, config_cls.model_type)
         config = config_cls(**kwargs)
         set_inference_spec(config, spec)
         return config
