@@ -45,6 +45,7 @@ from rasterio.windows import Window
 
 from maskcd.errors import InputError
 from maskcd.io.crs import utm_crs_at
+from maskcd.io.open import open_raster
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +96,13 @@ class ChunkResult:
 
 
 def _read_grid(mask_path: Path, prob_path: Path | None) -> _Grid:
-    if not mask_path.is_file():
-        raise InputError(f"{mask_path}: change mask does not exist; pass the mask COG written by the blend stage")
-    try:
-        src = rasterio.open(mask_path)
-    except rasterio.errors.RasterioIOError as err:
-        raise InputError(f"{mask_path}: not a readable raster ({err}); pass a GeoTIFF change mask") from err
-    with src:
-        if src.crs is None:
-            raise InputError(f"{mask_path}: the change mask has no CRS; write it with the reference image's CRS")
+    with open_raster(mask_path, "change mask") as src:
         block = src.block_shapes[0] if src.profile.get("tiled") else None
         grid = dict(height=src.height, width=src.width, transform=src.transform, crs=src.crs, mask_nodata=src.nodata,
                     block=block)
     prob_nodata = None
     if prob_path is not None:
-        if not prob_path.is_file():
-            raise InputError(f"{prob_path}: probability raster does not exist; pass the probability COG or None")
-        try:
-            psrc = rasterio.open(prob_path)
-        except rasterio.errors.RasterioIOError as err:
-            raise InputError(f"{prob_path}: not a readable raster ({err})") from err
-        with psrc:
+        with open_raster(prob_path, "probability") as psrc:
             if (psrc.height, psrc.width) != (grid["height"], grid["width"]) or not psrc.transform.almost_equals(
                 grid["transform"]
             ) or psrc.crs != grid["crs"]:
