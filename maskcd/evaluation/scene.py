@@ -17,6 +17,7 @@ import torch
 
 from maskcd.errors import InputError
 from maskcd.evaluation.metrics import ChangeMetrics
+from maskcd.io.open import open_raster
 from maskcd.models.base import IGNORE_INDEX
 
 
@@ -28,7 +29,7 @@ def score_mask(mask_path: str | os.PathLike, truth_path: str | os.PathLike, *, o
     the whole scene in memory.
     """
     metrics = ChangeMetrics(objects=objects)
-    with rasterio.open(mask_path) as m, rasterio.open(truth_path) as t:
+    with open_raster(mask_path, "change mask") as m, open_raster(truth_path, "truth") as t:
         if (m.width, m.height) != (t.width, t.height) or not m.transform.almost_equals(t.transform):
             raise InputError(f"truth {truth_path} is not on the grid of the mask {mask_path}: warp it onto that grid")
         windows = [None] if objects else [w for _, w in m.block_windows(1)]

@@ -31,6 +31,8 @@ def test_score_mask_counts(tmp_path, geotiff_writer):
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 2)
     assert m["f1"] == pytest.approx(2 / 3) and m["iou"] == pytest.approx(0.5)
     assert score_mask(mp, tp, objects=True)["tp"] == 2
+    with pytest.raises(InputError, match="truth image .*nope.tif does not exist"):
+        score_mask(mp, tmp_path / "nope.tif")
 
 
 @pytest.mark.parametrize("shape", [(70, 45), (20, 33)])
