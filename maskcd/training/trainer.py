@@ -61,6 +61,10 @@ class TrainConfig:
     data: DataOptions = field(default_factory=DataOptions)
 
 
+POSTFIX_EVERY = 20
+"""Training steps between progress-bar updates (each reads the loss back to the host)."""
+
+
 def lr_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:
     """Learning-rate multiplier of ``epoch`` (0-based): linear warm-up, then cosine down to ``min_ratio``."""
     if epoch < warmup:
@@ -176,7 +180,8 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         model.train()
-        total_loss, n_pairs, steps = 0.0, 0, 0
+        # the loss sum stays on the device: the bar reads it back only every POSTFIX_EVERY steps (one host sync)
+        total_loss, n_pairs, steps = torch.zeros((), device=accelerator.device), 0, 0
         tick = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}", disable=not accelerator.is_local_main_process, leave=False)
         for batch in bar:
@@ -190,16 +195,18 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             n = batch["image_a"].shape[0]
-            total_loss += loss.detach().float().item() * n
+            total_loss += loss.detach().float() * n
             n_pairs += n
             steps += 1
-            rate = n_pairs * accelerator.num_processes / max(time.time() - tick, 1e-9)
-            bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{rate:.1f}")
+            if steps % POSTFIX_EVERY == 1 or POSTFIX_EVERY == 1:
+                rate = n_pairs * accelerator.num_processes / max(time.time() - tick, 1e-9)
+                bar.set_postfix(loss=f"{loss.item():.3f}", pairs_s=f"{rate:.1f}")
             if cfg.max_steps_per_epoch and steps >= cfg.max_steps_per_epoch:
                 break
         elapsed = time.time() - tick
         # loss averaged over every pair of every process
-        sums = accelerator.reduce(torch.tensor([total_loss, float(n_pairs)], device=accelerator.device), "sum")
+        sums = accelerator.reduce(torch.stack([total_loss, torch.tensor(float(n_pairs), device=accelerator.device)]),
+                                  "sum")
         total_loss, n_pairs = float(sums[0]), int(sums[1])
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
