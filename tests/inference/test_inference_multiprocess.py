@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,9 +20,10 @@ SCRIPT = textwrap.dedent('''
     from maskcd.inference import MapOptions, map_rasters
     opts = MapOptions(model="test", tile=64, overlap=16, batch_size=5, workers=0, device="cpu")
     rr = map_rasters({a!r}, {b!r}, {prob!r}, {mask!r}, opts, model=PixelDiffModel(), progress=False)
-    import torch.distributed as dist
+    from maskcd.cli import release_process_group
     rank = int(os.environ.get("RANK", "0"))
     print(json.dumps({{"rank": rank, "main": rr.is_main, "windows": len(rr.windows), "done": rr.windows_done}}))
+    release_process_group()
 ''')
 
 
@@ -41,8 +43,11 @@ def test_two_ranks_match_single_process(tmp_path, geotiff_writer, rng, image_mak
     script.write_text(SCRIPT.format(conftest_dir=os.path.dirname(__file__), a=str(a), b=str(b),
                                     prob=str(tmp_path / "p2.tif"), mask=str(tmp_path / "m2.tif")))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port: a fixed one collides with other runs on the machine
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
          str(script)], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
