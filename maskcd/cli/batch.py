@@ -99,7 +99,7 @@ def load_config(path: Path, *, strict: bool = True) -> dict:
 
 
 def options_from_args(args: argparse.Namespace) -> MapOptions:
-    """``configs/map.yaml`` (the maskcd-map defaults) < ``--config`` YAML < command-line options."""
+    """``maskcd/configs/map.yaml`` (the maskcd-map defaults) < ``--config`` YAML < command-line options."""
     from maskcd.cli.map import default_config_path
 
     values: dict = {}

@@ -1,6 +1,6 @@
 """``maskcd-map BEFORE AFTER -o OUT.gpkg``: map the change between two GeoTIFFs into a styled GeoPackage.
 
-Settings come from ``configs/map.yaml``, then ``--config FILE.yaml`` (same keys), then the command-line flags.
+Settings come from ``maskcd/configs/map.yaml``, then ``--config FILE.yaml`` (same keys), then the command-line flags.
 ``maskcd-map --demo -o OUT.gpkg`` generates a synthetic mining-site pair (seed 2026, not used in training) beside OUT,
 maps it with the committed demo checkpoint and prints precision/recall/F1/IoU of the mask against the truth.
 """
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
     p.add_argument("after", nargs="?", help="later image (warped onto the before grid)")
     p.add_argument("-o", "--output", required=True, help="GeoPackage to write")
-    p.add_argument("--model", help="preset, model folder or Hub id (default from configs/map.yaml)")
+    p.add_argument("--model", help="preset, model folder or Hub id (default from maskcd/configs/map.yaml)")
     p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
     p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")

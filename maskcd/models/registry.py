@@ -1,7 +1,7 @@
-"""Model registry: architectures (code) and presets (YAML files in ``configs/models/``).
+"""Model registry: architectures (code) and presets (YAML files in ``maskcd/configs/models/``).
 
 * An **architecture** is a config class + model class registered with :func:`register_architecture`.
-* A **preset** is a YAML file ``configs/models/<name>.yaml``::
+* A **preset** is a YAML file ``maskcd/configs/models/<name>.yaml``::
 
       architecture: maskcd          # a registered architecture
       description: one line for maskcd-models
@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -29,10 +30,14 @@ CONFIG_DIR_ENV = "MASKCD_CONFIG_DIR"
 
 
 def config_dir() -> Path:
-    """The folder holding ``models/*.yaml`` presets (``$MASKCD_CONFIG_DIR`` or the repository's ``configs/``)."""
+    """The folder holding ``models/*.yaml`` presets and ``map.yaml``.
+
+    ``$MASKCD_CONFIG_DIR`` when set, else ``maskcd/configs`` inside the installed package (read through
+    :mod:`importlib.resources`, so a wheel installed anywhere finds them, not only an editable checkout).
+    """
     if os.environ.get(CONFIG_DIR_ENV):
         return Path(os.environ[CONFIG_DIR_ENV])
-    return Path(__file__).resolve().parents[2] / "configs"
+    return Path(str(resources.files("maskcd") / "configs"))
 
 
 @dataclass(frozen=True)
