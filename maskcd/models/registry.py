@@ -155,11 +155,40 @@ def _download(repo_id: str) -> Path:
         raise ModelNotFoundError(f"no Hub repository {repo_id!r}; pass a preset, a local folder or a valid id") from err
 
 
+def own_storage(model):
+    """Move every parameter and buffer of ``model`` into fresh, contiguous, allocator-owned storage (in place).
+
+    ``from_pretrained`` (transformers 5) and safetensors leave loaded tensors as views into the memory-mapped file, at
+    whatever offset the file layout gives them: most are not 64-byte aligned and all share one file-backed storage.
+    CPU kernels (MKL GEMM, oneDNN, vectorised reductions) may take other code paths for such tensors, so the same
+    weights could give outputs that differ in the last bits from a model whose weights were built in memory, and from
+    run to run depending on the heap. Copying once at load time makes a loaded model compute exactly like the model
+    that was saved, frees the file mapping, and costs one copy of the weights.
+    """
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module._parameters.items()):
+                if param is not None:
+                    param.data = param.data.clone(memory_format=torch.contiguous_format)
+            for name, buf in list(module._buffers.items()):
+                if buf is not None:
+                    module._buffers[name] = buf.clone(memory_format=torch.contiguous_format)
+    return model
+
+
 def load_model(name_or_path: str | os.PathLike, **kwargs):
     """Load a model from a preset name, a local folder (maskcd or published legacy format) or a Hub id.
 
-    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only.
+    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only. Loaded weights
+    are copied into fresh allocator-owned storage (:func:`own_storage`), so that outputs do not depend on where the
+    file mapping put them.
     """
+    return own_storage(_load_model(name_or_path, **kwargs))
+
+
+def _load_model(name_or_path: str | os.PathLike, **kwargs):
     _ensure_registered()
     text = str(name_or_path)
     if text in _presets():

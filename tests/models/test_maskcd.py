@@ -14,6 +14,8 @@ from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.convert import legacy_key_mapping
 from maskcd.models.maskcd import MaskCDForChangeDetection
 
+from _checks import assert_same_outputs, assert_same_weights
+
 
 def test_legacy_checkpoint_reproduces_reference_outputs(shared_data):
     folder = shared_data("reference", "maskcd_tiny_legacy")
@@ -100,12 +102,10 @@ def test_save_load_bit_exact(tmp_path, tiny_maskcd):
     assert cfg["maskcd_architecture"] == "maskcd"
     assert cfg["input_bands"] == ["red", "green", "blue"] and cfg["value_scale"] == 255.0 and cfg["tile_size"] == 256
     loaded = load_model(tmp_path / "m").eval()
-    sd0, sd1 = tiny_maskcd.state_dict(), loaded.state_dict()
-    assert sd0.keys() == sd1.keys()
-    assert all(torch.equal(sd0[k], sd1[k]) for k in sd0)
+    assert_same_weights(tiny_maskcd, loaded, "maskcd-tiny")
     a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(tiny_maskcd(a, b).change_prob, loaded(a, b).change_prob)
+        assert_same_outputs(tiny_maskcd(a, b).change_prob, loaded(a, b).change_prob)
 
 
 class _RunsCode:
