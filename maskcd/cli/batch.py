@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
     m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
-    m.add_argument("--loader-workers", type=int, dest="workers",
+    m.add_argument("--loader-workers", type=int, dest="loader_workers",
                    help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p
 
@@ -123,7 +123,8 @@ def options_from_args(args: argparse.Namespace) -> MapOptions:
     if args.config:
         values.update(load_config(args.config))
     for f in fields(MapOptions):
-        value = getattr(args, f.name, None)
+        # MapOptions.workers are the DataLoader readers (--loader-workers); args.workers is the Dask cluster's size
+        value = getattr(args, "loader_workers" if f.name == "workers" else f.name, None)
         if value is not None and f.name not in PER_SITE_KEYS:
             values[f.name] = value
     if values.get("bands") is not None and not isinstance(values["bands"], list):
