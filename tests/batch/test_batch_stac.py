@@ -227,3 +227,18 @@ def test_stack_vrt_mixed_resolution_and_crs(tmp_path, image_writer):
         write_stack_vrt([str(fine), str(other)], tmp_path / "x.vrt")
     with pytest.raises(InputError, match="cannot be opened"):
         write_stack_vrt([str(tmp_path / "nothing.tif")], tmp_path / "y.vrt")
+
+
+def test_remote_inputs_are_fingerprinted_by_address(tmp_path):
+    from maskcd.batch.manifest import file_fingerprint, is_up_to_date, write_manifest
+
+    url = "/vsis3/bucket/tile/B04.tif"
+    assert file_fingerprint(url) == {"path": url, "remote": True}  # no stat, no download
+    local = tmp_path / "a.tif"
+    local.write_bytes(b"abc")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "changes.gpkg").write_bytes(b"x")
+    write_manifest(tmp_path / "site", {"k": 1}, [file_fingerprint(url), file_fingerprint(local)], ["changes.gpkg"])
+    assert is_up_to_date(tmp_path / "site", {"k": 1}) == (True, "")
+    local.write_bytes(b"abcd")
+    assert is_up_to_date(tmp_path / "site", {"k": 1})[1].endswith("changed size")
