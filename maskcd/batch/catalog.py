@@ -224,7 +224,16 @@ def _long_pairs(rows: pd.DataFrame, base: Path, layer: str) -> list[Pair]:
         if date is None:
             raise InputError(f"site {site_id}: an image row has no date; every row of the long layout needs one")
         images.append((date, _resolve(row.get("path"), base, "path", site_id)))
-    images.sort(key=lambda t: t[0])
+    return series_pairs(site_id, images, layer)
+
+
+def series_pairs(site_id: str, images: list[tuple[pd.Timestamp, str]], layer: str) -> list[Pair]:
+    """The consecutive pairs of one site's dated images (the long layout; also STAC items).
+
+    Raises:
+        InputError: A date repeats, or fewer than two images.
+    """
+    images = sorted(images, key=lambda t: t[0])
     dates = [d for d, _ in images]
     if len(set(dates)) != len(dates):
         dup = sorted({_iso(d) for d in dates if dates.count(d) > 1})

@@ -40,11 +40,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def file_fingerprint(path: str | Path, *, with_hash: bool = True) -> dict:
-    """``{path, size, mtime_ns[, sha256]}`` of one input file.
+    """``{path, size, mtime_ns[, sha256]}`` of one input file; ``{path, remote: True}`` for a ``/vsi...`` URL.
 
     Raises:
         FileNotFoundError: The file does not exist.
     """
+    if str(path).startswith("/vsi"):  # a URL GDAL reads (/vsicurl/, /vsis3/ ...): known by its address only
+        return {"path": str(path), "remote": True}
     st = os.stat(path)
     info = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if with_hash:
@@ -181,6 +183,8 @@ def is_up_to_date(site_dir: str | Path, key: dict) -> tuple[bool, str]:
         if not (site_dir / name).is_file():
             return False, f"output {name} is missing"
     for info in manifest.get("inputs", []):
+        if info.get("remote"):
+            continue
         try:
             st = os.stat(info["path"])
         except OSError:

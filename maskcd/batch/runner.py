@@ -8,6 +8,8 @@ Layout of ``OUTDIR``::
     <site_id>/manifest.json         written last (see :mod:`maskcd.batch.manifest`)
     catalog.gpkg                    ``changes``: every site's polygons with site_id and dates; ``sites``: one row per site
     failures.csv                    site_id, error of every failed site of this run (header only when none failed)
+    catalog.json                    STAC Catalog of the results; <site_id>/<site_id>.json is each finished site's Item
+    stac_inputs/<site_id>/*.vrt     STAC input only: band assets stacked by VRT (they reference the files)
 
 Sites run on a :class:`distributed.LocalCluster` (worker processes with one thread each) unless a client or a
 scheduler address is given. With a CUDA device every task asks for the Dask resource ``GPU=1``, so a worker runs one
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from maskcd.batch.catalog import SiteJob, read_catalog
 from maskcd.batch.manifest import is_up_to_date, model_fingerprint, site_key
+from maskcd.batch.stac import is_stac, read_stac, write_results_catalog, write_stacks
 from maskcd.batch.worker import GPKG_NAME, REPORT_NAME, process_site
 from maskcd.errors import InputError
 from maskcd.inference.options import MapOptions
@@ -49,6 +52,7 @@ class BatchResult:
             outputs kept) or ``failed`` (with ``error``).
         merged: The merged GeoPackage, ``None`` when no site has outputs.
         failures_csv: The failures table.
+        stac_catalog: ``catalog.json``, the STAC Catalog of the finished sites' results (``None`` when none).
         seconds: Wall time of the run.
     """
 
@@ -56,6 +60,7 @@ class BatchResult:
     merged: Path | None = None
     failures_csv: Path | None = None
     seconds: float = 0.0
+    stac_catalog: Path | None = None
 
     @property
     def failed(self) -> list[dict]:
@@ -128,6 +133,9 @@ def run_batch(
     force: bool = False,
     progress: bool = True,
     map_fn=None,
+    site_key: str | None = None,
+    assets: list[str] | None = None,
+    sites: str | Path | None = None,
 ) -> BatchResult:
     """Map every site of a catalog.
 
@@ -141,6 +149,9 @@ def run_batch(
         force: Redo every site even when its manifest matches (default: resume, skipping finished sites).
         progress: Show a tqdm bar over sites.
         map_fn: Scene mapper with the signature of :func:`maskcd.inference.map_scene` (default: that function).
+        site_key: STAC input: the item property naming the site (default ``site_id``, then ``mgrs:tile``).
+        assets: STAC input: asset keys, one read directly or several stacked by VRT (see :mod:`maskcd.batch.stac`).
+        sites: STAC input: polygon layer with ``site_id``; items are grouped by intersection, the polygon is the AOI.
 
     Returns:
         The :class:`BatchResult`; failed sites are in ``result.failed`` and ``failures.csv``, never raised.
@@ -151,14 +162,25 @@ def run_batch(
     """
     t0 = time.perf_counter()
     outdir = Path(outdir)
-    jobs = read_catalog(catalog, layer=options.layer)
+    stac = None
+    if is_stac(catalog):
+        stac = read_stac(catalog, outdir, layer=options.layer, site_key=site_key, assets=assets, sites=sites)
+        jobs = stac.jobs
+    else:
+        if site_key or assets or sites:
+            raise InputError(f"--site-key, --assets and --sites apply to STAC catalogs; {catalog} is a table")
+        jobs = read_catalog(catalog, layer=options.layer)
     if Path(options.model).expanduser().is_dir():  # workers may run elsewhere: pass an absolute folder
         options = replace(options, model=str(Path(options.model).expanduser().resolve()))
     model_fp = model_fingerprint(options.model)
     outdir.mkdir(parents=True, exist_ok=True)
     with _outdir_lock(outdir):
+        if stac is not None:
+            write_stacks(stac)  # VRTs of band assets under OUTDIR/stac_inputs (they are the sites' inputs)
         result = _run_locked(jobs, outdir, options, model_fp, workers=workers, scheduler=scheduler, client=client,
                              force=force, progress=progress, map_fn=map_fn)
+        result.stac_catalog = write_results_catalog(outdir, result.sites, options.to_dict(), model_fp,
+                                                    stac.sources if stac is not None else None)
     result.seconds = time.perf_counter() - t0
     return result
 

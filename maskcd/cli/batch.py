@@ -33,6 +33,13 @@ def _bands(text: str) -> list[int]:
     return values
 
 
+def _assets(text: str) -> list[str]:
+    keys = [v.strip() for v in text.split(",") if v.strip()]
+    if not keys:
+        raise argparse.ArgumentTypeError(f"assets must be asset keys like visual or red,green,blue, got {text!r}")
+    return keys
+
+
 def _overlap(text: str) -> float:
     value = float(text)
     return int(value) if value >= 1 and value.is_integer() else value
@@ -44,10 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Map change for every site of a catalog (CSV, GeoPackage or GeoJSON with site_id, before, after "
         "[, before_date, after_date, AOI geometry], or site_id, date, path per image for time series).",
     )
-    p.add_argument("catalog", type=Path, help="site catalog; image paths are relative to its folder")
+    p.add_argument("catalog", type=Path, help="site catalog (image paths are relative to its folder), or a STAC "
+                   "ItemCollection / Catalog (JSON file or folder with catalog.json)")
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (one sub-folder per site)")
     p.add_argument("--config", type=Path, help="YAML with maskcd-map keys (model, tile, overlap, threshold, ...); "
                    "command-line options override it")
+    stac = p.add_argument_group("STAC input")
+    stac.add_argument("--site-key", dest="site_key", help="item property naming the site (default: site_id, then "
+                      "mgrs:tile)")
+    stac.add_argument("--assets", type=_assets, help="asset key(s): one RGB asset (visual) or single-band assets "
+                      "stacked by VRT (red,green,blue); default visual, else red,green,blue")
+    stac.add_argument("--sites", type=Path, help="polygon layer with a site_id column: items are grouped by "
+                      "intersection and each polygon is its site's AOI")
     run = p.add_argument_group("cluster")
     run.add_argument("--workers", type=int, help="local Dask worker processes, 1 thread each "
                      "(default: one per GPU on CUDA, else half the cores, at most 4)")
@@ -71,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
     m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
-    m.add_argument("--loader-workers", type=int, dest="workers",
+    m.add_argument("--loader-workers", type=int, dest="loader_workers",
                    help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p
 
@@ -108,7 +123,8 @@ def options_from_args(args: argparse.Namespace) -> MapOptions:
     if args.config:
         values.update(load_config(args.config))
     for f in fields(MapOptions):
-        value = getattr(args, f.name, None)
+        # MapOptions.workers are the DataLoader readers (--loader-workers); args.workers is the Dask cluster's size
+        value = getattr(args, "loader_workers" if f.name == "workers" else f.name, None)
         if value is not None and f.name not in PER_SITE_KEYS:
             values[f.name] = value
     if values.get("bands") is not None and not isinstance(values["bands"], list):
@@ -141,13 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         from maskcd.batch.runner import run_batch, summary_table
 
         result = run_batch(args.catalog, args.outdir, options, workers=args.workers, scheduler=args.scheduler,
-                           force=args.force, progress=not args.no_progress)
+                           force=args.force, progress=not args.no_progress, site_key=args.site_key,
+                           assets=args.assets, sites=args.sites)
     finally:  # main() may be called in-process (tests, notebooks): leave logging as it was
         log.removeHandler(handler)
         log.setLevel(old_level)
     print(summary_table(result))
     if result.merged:
         print(f"merged: {result.merged}")
+    if result.stac_catalog:
+        print(f"STAC catalog: {result.stac_catalog}")
     if result.failed:
         print(f"{len(result.failed)} site(s) failed; see {result.failures_csv}", file=sys.stderr)
         return 1

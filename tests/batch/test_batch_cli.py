@@ -51,6 +51,13 @@ def test_bad_catalog_and_workers_exit_2(tmp_path, capsys):
     assert "--workers must be at least 1" in capsys.readouterr().err
 
 
+def test_cluster_workers_and_loader_workers_are_separate():
+    args = build_parser().parse_args(["c", "-o", "o", "--workers", "3", "--loader-workers", "0"])
+    assert args.workers == 3 and options_from_args(args).workers == 0
+    args = build_parser().parse_args(["c", "-o", "o", "--loader-workers", "0", "--workers", "3"])
+    assert args.workers == 3 and options_from_args(args).workers == 0
+
+
 def test_resume_and_force_are_exclusive():
     assert build_parser().parse_args(["c", "-o", "o"]).force is False
     assert build_parser().parse_args(["c", "-o", "o", "--force"]).force is True
