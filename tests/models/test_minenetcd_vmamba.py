@@ -179,3 +179,31 @@ def test_vmamba_presets_build_and_record_ade_statistics():
     assert out.logits.shape == (1, 2, 64, 64) and torch.isfinite(out.logits).all()
     # the config round-trips through save_pretrained / load_model
     assert json.loads(model.config.to_json_string())["backbone_config"]["model_type"] == "maskcd-vmamba"
+
+
+@pytest.mark.parametrize("which", ["preset", "published-folder"])
+def test_maskcd_map_runs_a_vmamba_model_on_two_seeded_geotiffs(which, tmp_path, geotiff_writer, request, capsys):
+    """``maskcd-map`` end to end with the tiny VMamba preset, and with a published-layout VSSM folder."""
+    import numpy as np
+    import rasterio
+
+    from maskcd.cli.map import main
+
+    model = "minenetcd-vmamba-tiny" if which == "preset" else str(request.getfixturevalue("reduced_folder")[0])
+    rng = np.random.default_rng(11)
+    a = rng.integers(20, 200, (3, 80, 96), dtype=np.uint8)
+    b = a.copy()
+    b[:, 10:40, 20:60] = 250
+    pa = geotiff_writer(tmp_path / "before.tif", a)
+    pb = geotiff_writer(tmp_path / "after.tif", b)
+    out = tmp_path / "out" / "changes.gpkg"
+    out.parent.mkdir()
+    rc = main([str(pa), str(pb), "-o", str(out), "--model", model, "--tile", "64", "--overlap", "16",
+               "--device", "cpu", "--workers", "0", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "changes.gpkg", "changes_change_mask.tif", "changes_change_prob.tif"]
+    with rasterio.open(out.parent / "changes_change_prob.tif") as ds:
+        prob = ds.read(1, masked=True)
+        assert (ds.width, ds.height) == (96, 80) and ds.crs.to_epsg() == 32633
+    assert prob.count() == 80 * 96  # every pixel got a probability (uint8-scaled, 255 = nodata)
