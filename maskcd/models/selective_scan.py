@@ -51,10 +51,11 @@ def _doubling_scan(log_a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
     return log_a, h
 
 
-def _scan(log_a: torch.Tensor, b: torch.Tensor, chunk: int, nonpositive: bool = False) -> torch.Tensor:
+def _scan(log_a: torch.Tensor, b: torch.Tensor, chunk: int, nonpositive: bool = False, inplace: bool = False):
     """``h_t = exp(log_a_t) h_{t-1} + b_t`` along the last dim, ``h_{-1} = 0`` (no autograd).
 
-    ``nonpositive`` promises ``log_a <= 0`` (then a chunk's decay range is its last cumulative sum).
+    ``nonpositive`` promises ``log_a <= 0`` (then a chunk's decay range is its last cumulative sum); ``inplace`` lets
+    the scan overwrite ``b`` (the inference path, where ``b`` is a temporary).
     """
     length = b.shape[-1]
     if length == 0:
@@ -68,19 +69,24 @@ def _scan(log_a: torch.Tensor, b: torch.Tensor, chunk: int, nonpositive: bool = 
     lead = b.shape[:-1]
     log_a = log_a.reshape(*lead, n_chunks, size)
     b = b.reshape(*lead, n_chunks, size)
-    cum = torch.cumsum(log_a, dim=-1)
+    cum = torch.cumsum(log_a, dim=-1)  # chunk-local cumulative log decay S_t
     if nonpositive:
         unsafe = cum[..., -1] < -_SAFE_LOG_RANGE
     else:
         lo, hi = torch.aminmax(cum, dim=-1)
         unsafe = (lo < -_SAFE_LOG_RANGE) | (hi > _SAFE_LOG_RANGE)
-    decay = torch.exp(cum)
-    h = torch.cumsum(b / decay, dim=-1).mul_(decay)
+    fallback = None
     if bool(unsafe.any()):  # chunks decaying by more than e^60: the doubling scan, for those chunks only
-        h[unsafe] = _doubling_scan(log_a[unsafe], b[unsafe])[1]
+        fallback = _doubling_scan(log_a[unsafe], b[unsafe])[1]
+    totals = cum[..., -1].clone() if n_chunks > 1 else None
+    decay = cum.exp_()
+    h = b.div_(decay) if inplace else b / decay  # exp(-S_s) b_s
+    h.cumsum_(-1).mul_(decay)  # exp(S_t) Σ_{s≤t} exp(-S_s) b_s
+    if fallback is not None:
+        h[unsafe] = fallback
     if n_chunks > 1:
         # state at the end of each chunk: the same recurrence over chunk totals, solved recursively
-        ends = _scan(cum[..., -1], h[..., -1], chunk, nonpositive)
+        ends = _scan(totals, h[..., -1].clone(), chunk, nonpositive, inplace=True)
         carry = F.pad(ends[..., :-1], (1, 0)).unsqueeze(-1)
         h.addcmul_(decay, carry)
     h = h.reshape(*lead, n_chunks * size)
@@ -133,8 +139,12 @@ def _scan_rows(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, nonposit
     n_state = A.shape[-1]
     if n_state == 1:  # no state axis: A (G, c, 1) and B, C (batch, G, 1, L) broadcast to (batch, G, c, L)
         log_a = delta * A
-        drive = delta * u * B
-        h = linear_recurrence(log_a, drive, chunk, nonpositive)
+        drive = delta * u
+        if not torch.is_grad_enabled():  # inference: overwrite temporaries instead of allocating
+            h = _scan(log_a, drive.mul_(B), chunk, nonpositive, inplace=True)
+            h = h.mul_(C) if h.is_contiguous() else h * C
+            return h.addcmul_(u, D[..., None]) if D is not None else h
+        h = linear_recurrence(log_a, drive * B, chunk, nonpositive)
         y = h * C
     else:
         log_a = delta.unsqueeze(-2) * A[..., None]  # (batch, G, c, N, L)
