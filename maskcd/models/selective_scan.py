@@ -180,9 +180,9 @@ def selective_scan(
         delta_bias: Added to ``delta`` before the softplus, ``(K*C,)`` or None.
         delta_softplus: Apply ``softplus`` (threshold 20, as the CUDA kernels) to the biased ``delta``.
         chunk_size: Chunk length of the parallel scan.
-        block_elements: Without autograd, channels are processed in blocks of about this many elements so the
-            intermediates stay in cache (a loop over channel blocks, never over the sequence); with autograd the
-            whole tensor is processed at once.
+        block_elements: Without autograd on CPU, channels are processed in blocks of about this many elements so
+            the intermediates stay in cache (a loop over channel blocks, never over the sequence); with autograd or
+            on a GPU the whole tensor is processed at once.
     """
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -203,7 +203,7 @@ def selective_scan(
     parts = (u, delta, A, B, C, D, bias)
     step = max(1, block_elements // max(1, length * n_state))
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in parts)
-    if tracked or step >= per_group:
+    if tracked or u.device.type != "cpu" or step >= per_group:  # GPUs gain nothing from cache-sized blocks
         y = _scan_rows(*parts, delta_softplus, chunk_size, nonpositive)
     else:
         y = torch.empty_like(u)

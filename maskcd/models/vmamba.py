@@ -187,6 +187,8 @@ class SS2D(nn.Module):
 
 
 class Mlp(nn.Module):
+    """``fc2(GELU(fc1(x)))``, channel-last."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -217,6 +219,8 @@ class VSSBlock(nn.Module):
 
 
 class VMambaStage(nn.Module):
+    """One stage: ``blocks`` then ``downsample`` (identity after the last stage), named as in the checkpoints."""
+
     def __init__(self, blocks: list[nn.Module], downsample: nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(*blocks)
