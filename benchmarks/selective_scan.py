@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     calls = record_scans(model, args.size, device)
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}; "
           f"{len(calls)} scans of one VMamba-T backbone pass at {args.size}²")
-    print(f"{'L':>5} {'channels':>9} {'ours ms':>9} {'reference ms':>13} {'speed-up':>9} {'max|diff|':>10} {'max|y|':>8}")
+    header = ("L", 5), ("channels", 9), ("ours ms", 9), ("reference ms", 13), ("speed-up", 9), ("max|diff|", 10)
+    print(" ".join(f"{name:>{width}}" for name, width in (*header, ("max|y|", 8))))
     rows, seen = [], {}
     for call_args, kwargs in calls:
         u, delta, A, B, C, D, bias = call_args

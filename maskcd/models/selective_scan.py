@@ -130,10 +130,11 @@ def linear_recurrence(
     return _LinearRecurrence.apply(log_a.contiguous(), b.contiguous(), int(chunk_size), bool(nonpositive))
 
 
-def _scan_rows(u, delta, A, B, C, D, delta_bias, delta_softplus, chunk, nonpositive):
-    """The selective scan for ``u``/``delta`` ``(batch, G, c, L)``, ``A`` ``(G, c, N)``, ``B``/``C`` ``(batch, G, N, L)``."""
-    if delta_bias is not None:
-        delta = delta + delta_bias[..., None]
+def _scan_rows(u, delta, A, B, C, D, bias, delta_softplus, chunk, nonpositive):
+    """The selective scan for ``u``, ``delta`` ``(batch, G, c, L)``, ``A`` ``(G, c, N)``, ``B``, ``C``
+    ``(batch, G, N, L)``."""
+    if bias is not None:
+        delta = delta + bias.unsqueeze(-1)
     if delta_softplus:
         delta = F.softplus(delta)
     n_state = A.shape[-1]

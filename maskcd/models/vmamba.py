@@ -3,7 +3,8 @@
 Structure (``../shared/design/zoo2.md`` §8; Liu et al., "VMamba: Visual State Space Model", VMamba release v2):
 
 * ``patch_embed`` (stride 4): Conv 3×3/2 (→ dim/2) + LayerNorm + GELU + Conv 3×3/2 (→ dim) + LayerNorm;
-* four stages of ``VSSBlock``s, ``x += DropPath(SS2D(LN(x)))``, ``x += DropPath(MLP(LN(x)))`` (MLP ratio 4, GELU),
+* four stages of VSS blocks (:class:`VisualStateSpaceBlock`), ``x += DropPath(SS2D(LN(x)))``,
+  ``x += DropPath(MLP(LN(x)))`` (MLP ratio 4, GELU),
   each stage but the last followed by a Conv 3×3/2 + LayerNorm downsample;
 * outputs: the features *before* each downsample (strides 4, 8, 16, 32), each through its own LayerNorm
   ``outnorm{i}``, returned channel-first.
@@ -71,7 +72,7 @@ class VMambaConfig(PreTrainedConfig):
         **kwargs,
     ):
         depths = [int(d) for d in depths]
-        if isinstance(dims, int):
+        if isinstance(dims, int):  # c → c·2^i per stage
             dims = [dims * 2**i for i in range(len(depths))]
         if len(dims) != len(depths):
             raise ValueError(f"VMamba needs one dim per stage: depths {depths}, dims {dims}")
@@ -79,7 +80,7 @@ class VMambaConfig(PreTrainedConfig):
         self.dims = [int(d) for d in dims]
         self.d_state = int(d_state)
         self.ssm_ratio = float(ssm_ratio)
-        self.dt_rank = dt_rank
+        self.dt_rank = dt_rank if dt_rank == "auto" else int(dt_rank)
         self.d_conv = int(d_conv)
         self.ssm_drop_rate = float(ssm_drop_rate)
         self.mlp_ratio = float(mlp_ratio)
@@ -92,7 +93,7 @@ class VMambaConfig(PreTrainedConfig):
 AutoConfig.register(VMambaConfig.model_type, VMambaConfig, exist_ok=True)
 
 
-class Permute(nn.Module):
+class PermuteDims(nn.Module):
     """``x.permute(*dims)`` (occupies the same ``nn.Sequential`` slots as in VMamba's checkpoints)."""
 
     def __init__(self, *dims: int):
@@ -134,7 +135,7 @@ class SS2D(nn.Module):
         chunk_size: int = DEFAULT_CHUNK,
     ):
         super().__init__()
-        d_inner = int(ssm_ratio * d_model)
+        d_inner = int(d_model * ssm_ratio)
         rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
         self.d_inner, self.d_state, self.dt_rank, self.chunk_size = d_inner, d_state, rank, chunk_size
         self.in_proj = nn.Linear(d_model, d_inner, bias=False)
@@ -145,14 +146,15 @@ class SS2D(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(DIRECTIONS, d_inner))
         self.A_logs = nn.Parameter(torch.empty(DIRECTIONS * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(DIRECTIONS * d_inner))
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = nn.LayerNorm(d_inner, eps=1e-5)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
-        """Mamba's initialisation: Δ bias = softplus⁻¹ of a log-uniform step in [dt_min, dt_max], A = -(1..N), D = 1."""
+        """Mamba's initialisation: Δ bias = softplus⁻¹ of a log-uniform step in [dt_min, dt_max], A = -(1..N),
+        D = 1."""
         bound = self.d_inner**-0.5
         nn.init.uniform_(self.x_proj_weight, -bound, bound)
         nn.init.uniform_(self.dt_projs_weight, -(self.dt_rank**-0.5), self.dt_rank**-0.5)
@@ -186,7 +188,7 @@ class SS2D(nn.Module):
         return self.dropout(self.out_proj(y))
 
 
-class Mlp(nn.Module):
+class ChannelMlp(nn.Module):
     """``fc2(GELU(fc1(x)))``, channel-last."""
 
     def __init__(self, dim: int, hidden: int):
@@ -199,7 +201,7 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class VSSBlock(nn.Module):
+class VisualStateSpaceBlock(nn.Module):
     """Pre-norm residual SS2D + pre-norm residual MLP, both with stochastic depth. Channel-last."""
 
     def __init__(self, dim: int, drop_path: float, config: VMambaConfig):
@@ -211,10 +213,11 @@ class VSSBlock(nn.Module):
         )
         self.drop_path = StochasticDepth(drop_path, mode="row")
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
+        self.mlp = ChannelMlp(dim, int(dim * config.mlp_ratio))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
+        mixed = self.op(self.norm(x))
+        x = x + self.drop_path(mixed)
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -229,7 +232,10 @@ class VMambaStage(nn.Module):
 
 def _downsample(dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(
-        Permute(0, 3, 1, 2), nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), Permute(0, 2, 3, 1), nn.LayerNorm(out_dim)
+        PermuteDims(0, 3, 1, 2),
+        nn.Conv2d(dim, out_dim, 3, stride=2, padding=1),
+        PermuteDims(0, 2, 3, 1),
+        nn.LayerNorm(out_dim),
     )
 
 
@@ -242,28 +248,28 @@ class VMambaBackbone(nn.Module):
 
     def __init__(self, config: VMambaConfig):
         super().__init__()
-        self.config = config
-        dims = config.dims
+        self.config, dims = config, config.dims
         self.channels = list(dims)
         self.patch_embed = nn.Sequential(
             nn.Conv2d(config.in_channels, dims[0] // 2, 3, stride=2, padding=1),
-            Permute(0, 2, 3, 1),
+            PermuteDims(0, 2, 3, 1),
             nn.LayerNorm(dims[0] // 2),
-            Permute(0, 3, 1, 2),
+            PermuteDims(0, 3, 1, 2),
             nn.GELU(),
             nn.Conv2d(dims[0] // 2, dims[0], 3, stride=2, padding=1),
-            Permute(0, 2, 3, 1),
+            PermuteDims(0, 2, 3, 1),
             nn.LayerNorm(dims[0]),
         )
         total = sum(config.depths)
         rates = [config.drop_path_rate * i / max(1, total - 1) for i in range(total)]  # linear from 0
-        self.layers = nn.ModuleList()
+        stages = []
         start = 0
         for i, depth in enumerate(config.depths):
-            blocks = [VSSBlock(dims[i], rates[start + j], config) for j in range(depth)]
+            blocks = [VisualStateSpaceBlock(dims[i], rates[start + j], config) for j in range(depth)]
             start += depth
             last = i == len(config.depths) - 1
-            self.layers.append(VMambaStage(blocks, nn.Identity() if last else _downsample(dims[i], dims[i + 1])))
+            stages.append(VMambaStage(blocks, nn.Identity() if last else _downsample(dims[i], dims[i + 1])))
+        self.layers = nn.ModuleList(stages)
         for i, dim in enumerate(dims):
             self.add_module(f"outnorm{i}", nn.LayerNorm(dim))
         self.reset_parameters()

@@ -150,10 +150,12 @@ def test_missing_or_extra_key_is_an_error_not_random_weights(reduced_folder, tmp
     missing = _rewrite(folder, tmp_path / "missing", lambda s: s.pop("backbone.layers.0.blocks.0.op.Ds"))
     with pytest.raises(ValueError, match=r"missing \['backbone.layers.0.blocks.0.op.Ds'\].*random weights"):
         load_model(missing)
-    extra = _rewrite(folder, tmp_path / "extra", lambda s: s.update({"backbone.classifier.head.weight": torch.zeros(2, 256)}))
+    head = {"backbone.classifier.head.weight": torch.zeros(2, 256)}
+    extra = _rewrite(folder, tmp_path / "extra", lambda s: s.update(head))
     with pytest.raises(ValueError, match=r"unexpected \['backbone.classifier.head.weight'\]"):
         load_model(extra)
-    wrong = _rewrite(folder, tmp_path / "wrong", lambda s: s.update({"backbone.layers.0.blocks.0.op.Ds": torch.ones(5)}))
+    short = {"backbone.layers.0.blocks.0.op.Ds": torch.ones(5)}
+    wrong = _rewrite(folder, tmp_path / "wrong", lambda s: s.update(short))
     with pytest.raises(ValueError, match="mismatched"):
         load_model(wrong)
 

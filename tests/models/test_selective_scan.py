@@ -20,10 +20,10 @@ def naive_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    if delta_bias is not None:
-        delta = delta + delta_bias.double()[:, None]
+    if delta_bias is not None:  # Δ = softplus(δ + bias), identity above 20 like the kernels
+        delta = delta + delta_bias.double().unsqueeze(-1)
     if delta_softplus:
-        delta = torch.nn.functional.softplus(delta)
+        delta = torch.where(delta > 20, delta, torch.log1p(torch.exp(delta)))
     Bx = B.repeat_interleave(channels // groups, dim=1)  # (batch, KC, N, L)
     Cx = C.repeat_interleave(channels // groups, dim=1)
     h = u.new_zeros(batch, channels, n_state)
@@ -138,7 +138,8 @@ def test_scan_gradients_match_autograd_through_naive_recurrence(n_state, length,
 
 def reference_scan():
     """VMamba upstream's ``selective_scan_torch`` (the oracle's substitute for the CUDA kernel), or skip."""
-    path = REPO.parent / "shared" / "reference_code" / "minenetcd" / "VMamba" / "classification" / "models" / "csms6s.py"
+    path = REPO.parent / "shared" / "reference_code" / "minenetcd" / "VMamba" / "classification" / "models"
+    path = path / "csms6s.py"
     if not path.is_file():
         pytest.skip(f"VMamba reference code {path} is absent (../shared is not beside the checkout)")
     spec = importlib.util.spec_from_file_location("_vmamba_upstream_csms6s", path)
