@@ -39,10 +39,12 @@ DEFAULT_REFERENCE = (
 
 def load_reference(path: Path):
     if not path.is_file():
-        sys.exit(
+        print(
             f"selective_scan.py: error: VMamba's reference scan {path} is absent; pass --reference "
-            f"path/to/VMamba/classification/models/csms6s.py (MzeroMiko/VMamba, MIT)"
+            f"path/to/VMamba/classification/models/csms6s.py (MzeroMiko/VMamba, MIT) or --skip-reference",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     spec = importlib.util.spec_from_file_location("_vmamba_upstream_csms6s", path)
     module = importlib.util.module_from_spec(spec)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
