@@ -22,8 +22,13 @@ backbones are built from the ``microsoft/resnet-*`` architectures with random we
 legacy checkpoint's Swin shapes are read from its weights, so the likely mislabelled "Swin-Diff-T" checkpoint that
 holds a Swin-B loads as the Swin-B it is, with a warning (#13); transformers 5's ``SwinBackbone`` carries the Swin
 classifier's final LayerNorm, which never reaches the feature maps and is absent from the published checkpoints: it is
-replaced by an identity (no dead parameters). The VMamba and concatenation variants of the released
-code are not implemented (VMamba is not in transformers); loading them fails with a clear message.
+replaced by an identity (no dead parameters). The concatenation variants of the released code are not implemented;
+loading them fails with a clear message.
+
+VMamba backbones (``VSSM_{T,S,B}_ST_Diff``, :mod:`maskcd.models.vmamba`, ``../shared/design/zoo2.md`` §8) run in plain
+PyTorch with our parallel selective scan (no Triton, no compiled CUDA extension). As published, their ChangeFFT path
+applies each block **once**: ``F̂ = F + DropPath(EinFFT_i(LN_i(F)))``. Their published checkpoints load strictly: a
+missing or unexpected key is an error (the original code's VMamba loader fell back silently to random weights).
 
 Like the published model, training needs at least 2 pairs per batch: UperNet's pyramid pooling applies BatchNorm to
 1×1 pooled maps, which PyTorch cannot normalise over a single sample.
@@ -52,6 +57,7 @@ from maskcd.models.base import (
     set_inference_spec,
 )
 from maskcd.models.registry import register_architecture, register_legacy_loader
+from maskcd.models.vmamba import VMambaBackbone, VMambaConfig, vmamba_shapes_from_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +77,16 @@ RESNET_BACKBONES = {
     "ResNet_Diff_50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048]),
     "ResNet_Diff_101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048]),
 }
-BACKBONE_TYPES = (*SWIN_BACKBONES, *RESNET_BACKBONES)
+# MineNetCD's test.py normalises with the ADE20k statistics of the UperNet image processor (0-255 scale)
+ADE_MEAN = (123.675 / 255, 116.280 / 255, 103.530 / 255)
+ADE_STD = (58.395 / 255, 57.120 / 255, 57.375 / 255)
+VMAMBA_BACKBONES = {
+    # MineNetCD's Backbone_VSSM_ST: v05_noz, d_state 1, ssm_ratio 2, ssm_drop_rate 0.6, drop_path 0.1
+    "VSSM_T_ST_Diff": dict(depths=[2, 2, 5, 2], dims=[96, 192, 384, 768]),
+    "VSSM_S_ST_Diff": dict(depths=[2, 2, 15, 2], dims=[96, 192, 384, 768]),
+    "VSSM_B_ST_Diff": dict(depths=[2, 2, 15, 2], dims=[128, 256, 512, 1024]),
+}
+BACKBONE_TYPES = (*SWIN_BACKBONES, *RESNET_BACKBONES, *VMAMBA_BACKBONES)
 
 
 class EinFFT(nn.Module):
@@ -139,7 +154,9 @@ class MineNetCDForChangeDetection(ChangeModelMixin, PreTrainedModel):
 
     def __init__(self, config: UperNetConfig):
         super().__init__(config)
-        self.backbone = load_backbone(config)
+        # VMamba ("diff" in the published code) applies ChangeFFT once; Swin/ResNet ("swindiff") twice
+        self.is_vmamba = isinstance(config.backbone_config, VMambaConfig)
+        self.backbone = VMambaBackbone(config.backbone_config) if self.is_vmamba else load_backbone(config)
         if hasattr(getattr(self.backbone, "swin", None), "layernorm"):
             # transformers' SwinBackbone keeps the classification model's final LayerNorm but never calls it; the
             # published (transformers 4.3x) checkpoints do not have it either
@@ -155,7 +172,9 @@ class MineNetCDForChangeDetection(ChangeModelMixin, PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module):
-        if isinstance(module, EinFFT):
+        if isinstance(module, VMambaBackbone):  # visited after its children: restores VMamba's own initialisation
+            module.reset_parameters()
+        elif isinstance(module, EinFFT):
             module.reset_parameters()
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
@@ -179,7 +198,8 @@ class MineNetCDForChangeDetection(ChangeModelMixin, PreTrainedModel):
         for i, (fa, fb) in enumerate(zip(feats_a, feats_b)):
             x = fb - fa
             if self.use_channel_mixing:
-                x = self.channel_mixing[i](x)
+                if not self.is_vmamba:
+                    x = self.channel_mixing[i](x)
                 y = self.norm[i](x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
                 x = x + self.drop_path(self.channel_mixing[i](y))
             out.append(x)
@@ -209,6 +229,10 @@ def _backbone_config(backbone_type: str, in_channels: int, overrides: dict | Non
         cfg = {"model_type": "swin", **SWIN_BACKBONES[backbone_type]}
     elif backbone_type in RESNET_BACKBONES:
         cfg = {"model_type": "resnet", "embedding_size": 64, **RESNET_BACKBONES[backbone_type]}
+    elif backbone_type in VMAMBA_BACKBONES:
+        cfg = {**VMAMBA_BACKBONES[backbone_type], **(overrides or {})}
+        cfg.pop("model_type", None)
+        return VMambaConfig(**cfg, in_channels=in_channels)
     else:
         raise ValueError(f"unknown MineNetCD backbone_type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}")
     cfg.update(overrides or {})
@@ -232,7 +256,8 @@ def build_minenetcd_config(
     """A MineNetCD config (``UperNetConfig`` + ``backbone_type``, ``channel_mixing`` and the inference spec).
 
     Args:
-        backbone_type: One of ``Swin_Diff_{T,S,B}``, ``ResNet_Diff_{18,50,101}`` (the published names).
+        backbone_type: One of ``Swin_Diff_{T,S,B}``, ``ResNet_Diff_{18,50,101}``, ``VSSM_{T,S,B}_ST_Diff`` (the
+            published names).
         channel_mixing: Insert ChangeFFT (True) or feed the plain difference to UperNet.
         backbone_config: Overrides of the backbone's config fields (e.g. a tiny Swin for tests).
         num_labels: Output classes (2: unchanged, changed).
@@ -323,10 +348,28 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
     btype = cfg["Backbone_type"]
     if btype not in BACKBONE_TYPES:
         raise ValueError(
-            f"{source}: MineNetCD Backbone_type {btype!r} is not supported by maskcd (VMamba and concatenation "
-            f"variants are not implemented); supported: {', '.join(BACKBONE_TYPES)}"
+            f"{source}: MineNetCD Backbone_type {btype!r} is not supported by maskcd (the concatenation variants are "
+            f"not implemented); supported: {', '.join(BACKBONE_TYPES)}"
         )
-    if btype in SWIN_BACKBONES:
+    spec = {}
+    if btype in VMAMBA_BACKBONES:
+        try:
+            shapes = vmamba_shapes_from_state_dict(state_dict)
+        except KeyError as exc:
+            raise ValueError(
+                f"{source}: Backbone_type {btype} but the weights hold no VMamba backbone ({exc}); "
+                f"fix Backbone_type in config.json or use the matching model.safetensors"
+            ) from None
+        named = VMAMBA_BACKBONES[btype]
+        if any(shapes[k] != named[k] for k in named):
+            logger.warning(
+                "%s: Backbone_type %s but the weights hold a VMamba with depths %s, dims %s; following the weights",
+                source, btype, shapes["depths"], shapes["dims"],
+            )
+        backbone = shapes
+        backbone.pop("in_channels", None)
+        spec = {"image_mean": list(ADE_MEAN), "image_std": list(ADE_STD)}
+    elif btype in SWIN_BACKBONES:
         stored = dict(cfg.get("backbone_config") or {})
         stored.pop("out_indices", None)
         shapes = _swin_shapes_from_weights(state_dict)
@@ -363,7 +406,25 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
         backbone_config=backbone,
         num_labels=num_labels,
         **upernet,
+        **spec,
     )
+
+
+def _load_vmamba_strict(folder: Path, config: UperNetConfig, state_dict: dict) -> MineNetCDForChangeDetection:
+    """Build the VMamba MineNetCD from ``config`` and load every tensor; any missing or extra key is an error."""
+    model = MineNetCDForChangeDetection(config)
+    expected = model.state_dict()
+    mismatched = [k for k, v in expected.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{folder}: the checkpoint does not match the MineNetCD VMamba layout built from its config.json "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}, mismatched {mismatched[:5]}; "
+            f"{len(missing)}/{len(unexpected)}/{len(mismatched)} in all); refusing to run with random weights"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
 
 
 def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection:
@@ -377,6 +438,10 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
         cfg = json.load(f)
     state_dict = _read_state_dict(folder)
     config = legacy_minenetcd_config(cfg, state_dict, source=str(folder / "config.json"))
+    if cfg["Backbone_type"] in VMAMBA_BACKBONES:
+        model = _load_vmamba_strict(folder, config, state_dict)
+        model.config.maskcd_architecture = "minenetcd"
+        return model
     del state_dict
     model, info = MineNetCDForChangeDetection.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)
     missing = [k for k in info["missing_keys"] if "relative_position_index" not in k]

@@ -140,11 +140,11 @@ def test_legacy_resnet_checkpoint_loads_and_checks_its_depths(tmp_path):
 
 def test_unsupported_legacy_backbone_is_named(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({"Backbone_type": "VSSM_T_ST_Diff", "model_type": "upernet",
+        json.dumps({"Backbone_type": "Swin", "model_type": "upernet",
                     "architectures": ["UperNetForSemanticSegmentation"]})
     )
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="VSSM_T_ST_Diff.*not supported"):
+    with pytest.raises(ValueError, match="'Swin'.*not supported"):
         load_model(tmp_path)
 
 

@@ -40,6 +40,7 @@ MASKCD_TINY = dict(
 )
 SWIN_TINY = dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=4)
 RESNET_TINY = dict(embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1])
+VMAMBA_TINY = dict(depths=[1, 1, 1, 1], dims=[16, 32, 64, 128])
 
 
 def tiny_overrides(name: str) -> dict:
@@ -50,8 +51,8 @@ def tiny_overrides(name: str) -> dict:
         return dict(MASKCD_TINY)
     if arch == "minenetcd":
         btype = (info.get("config") or {}).get("backbone_type", "Swin_Diff_T")
-        return dict(backbone_config=SWIN_TINY if btype.startswith("Swin") else RESNET_TINY, hidden_size=32,
-                    auxiliary_channels=16)
+        tiny = SWIN_TINY if btype.startswith("Swin") else VMAMBA_TINY if btype.startswith("VSSM") else RESNET_TINY
+        return dict(backbone_config=tiny, hidden_size=32, auxiliary_channels=16)
     if arch == "snunet":
         return dict(base_width=8)
     if arch == "resunet":
@@ -79,6 +80,7 @@ def battery_key(name: str) -> tuple:
     if arch == "minenetcd":
         btype = cfg.get("backbone_type", "Swin_Diff_T")
         kind = "swin" if btype.startswith("Swin") else ("resnet-basic" if btype.endswith("_18") else "resnet-bottleneck")
+        kind = "vmamba" if btype.startswith("VSSM") else kind
         return (arch, kind, bool(cfg.get("channel_mixing", True)))
     if arch == "maskcd":
         return (arch, cfg.get("num_labels", 2))
@@ -288,7 +290,7 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "minenetcd-vmamba-tiny"])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 

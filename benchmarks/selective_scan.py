@@ -1,0 +1,160 @@
+"""Our selective scan vs VMamba's reference ``selective_scan_torch`` on the scans of a VMamba-T forward at 256².
+
+    python benchmarks/selective_scan.py                      # CPU
+    python benchmarks/selective_scan.py --device cuda        # GPU (when one is present)
+    python benchmarks/selective_scan.py --threads 2 --json out.json
+
+The scan inputs are recorded from one ``minenetcd-vmamba-t`` backbone pass over a 256² image (seeded random
+weights with VMamba's initialisation): 11 scans, L = 4096, 1024, 256, 64 with 4 × 192 ... 4 × 1536 channels and
+d_state 1. Each is timed with our :func:`maskcd.models.selective_scan.selective_scan` and with VMamba upstream's
+pure-PyTorch reference (``classification/models/csms6s.py``, the oracle's substitute for the CUDA kernel, read from
+``../shared/reference_code``; nothing of it ships in maskcd), and the outputs are compared. Then the whole
+``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). Wall-clock on a possibly shared machine: compare
+the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import io
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+import maskcd.models.vmamba as vmamba
+from maskcd.models import build_model
+from maskcd.models.selective_scan import selective_scan
+
+DEFAULT_REFERENCE = (
+    Path(__file__).resolve().parents[2]
+    / "shared" / "reference_code" / "minenetcd" / "VMamba" / "classification" / "models" / "csms6s.py"
+)
+
+
+def load_reference(path: Path):
+    if not path.is_file():
+        print(
+            f"selective_scan.py: error: VMamba's reference scan {path} is absent; pass --reference "
+            f"path/to/VMamba/classification/models/csms6s.py (MzeroMiko/VMamba, MIT) or --skip-reference",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    spec = importlib.util.spec_from_file_location("_vmamba_upstream_csms6s", path)
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        spec.loader.exec_module(module)
+    return module.selective_scan_torch
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, seconds: float, min_runs: int = 2) -> float:
+    fn()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while n < min_runs or time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    sync(device)
+    return (time.perf_counter() - start) / n
+
+
+def record_scans(model, size: int, device: torch.device) -> list[tuple]:
+    """The arguments of every selective scan in one backbone pass over a ``size``² image."""
+    calls = []
+    original = vmamba.selective_scan
+
+    def recorder(*args, **kwargs):
+        calls.append((args, kwargs))
+        return original(*args, **kwargs)
+
+    vmamba.selective_scan = recorder
+    try:
+        with torch.inference_mode():
+            model.backbone(torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device))
+    finally:
+        vmamba.selective_scan = original
+    return calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement")
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--skip-reference", action="store_true", help="time only our scan and the model")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    reference = None if args.skip_reference else load_reference(args.reference)
+    torch.manual_seed(0)
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = build_model("minenetcd-vmamba-t").eval().to(device)
+    calls = record_scans(model, args.size, device)
+    print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}; "
+          f"{len(calls)} scans of one VMamba-T backbone pass at {args.size}²")
+    header = ("L", 5), ("channels", 9), ("ours ms", 9), ("reference ms", 13), ("speed-up", 9), ("max|diff|", 10)
+    print(" ".join(f"{name:>{width}}" for name, width in (*header, ("max|y|", 8))))
+    rows, seen = [], {}
+    for call_args, kwargs in calls:
+        u, delta, A, B, C, D, bias = call_args
+        key = tuple(u.shape)
+        if key in seen:  # same shapes within a stage: time once, count per block
+            seen[key]["blocks"] += 1
+            continue
+        with torch.inference_mode():
+            ours_y = selective_scan(*call_args, **kwargs)
+            t_ours = timed(lambda: selective_scan(*call_args, **kwargs), device, args.seconds)
+            row = dict(L=u.shape[-1], channels=u.shape[1], blocks=1, ours_s=t_ours)
+            if reference is not None:
+                ref_y = reference(u, delta, A, B, C, D, bias, True)
+                t_ref = timed(lambda: reference(u, delta, A, B, C, D, bias, True), device, args.seconds, 1)
+                row.update(reference_s=t_ref, max_abs_diff=(ours_y - ref_y).abs().max().item(),
+                           max_abs_y=ref_y.abs().max().item())
+        seen[key] = row
+        rows.append(row)
+        ref_txt = (f"{row['reference_s'] * 1e3:13.1f} {row['reference_s'] / t_ours:8.1f}x "
+                   f"{row['max_abs_diff']:10.2e} {row['max_abs_y']:8.2f}") if reference is not None else ""
+        print(f"{row['L']:5d} {row['channels']:9d} {t_ours * 1e3:9.1f} {ref_txt}")
+    total_ours = sum(r["ours_s"] * r["blocks"] for r in rows)
+    result = dict(device=str(device), threads=torch.get_num_threads(), size=args.size, scans=rows,
+                  backbone_scans_ours_s=total_ours)
+    if reference is not None:
+        total_ref = sum(r["reference_s"] * r["blocks"] for r in rows)
+        result.update(backbone_scans_reference_s=total_ref, speedup=total_ref / total_ours,
+                      max_rel_diff=max(r["max_abs_diff"] / max(1.0, r["max_abs_y"]) for r in rows))
+        print(f"all scans of one backbone pass: ours {total_ours * 1e3:.1f} ms, reference {total_ref * 1e3:.1f} ms "
+              f"-> {total_ref / total_ours:.1f}x faster; max |diff| / max(1, |y|) {result['max_rel_diff']:.1e}")
+    else:
+        print(f"all scans of one backbone pass: ours {total_ours * 1e3:.1f} ms")
+    a = torch.randn(1, 3, args.size, args.size, device=device)
+    b = torch.randn(1, 3, args.size, args.size, device=device)
+
+    def forward():
+        with torch.inference_mode():
+            return model(a, b).change_prob
+
+    per_pair = timed(forward, device, args.seconds)
+    result["minenetcd_vmamba_t_forward_s_per_pair"] = per_pair
+    print(f"minenetcd-vmamba-t forward, one {args.size}² pair (batch 1): {per_pair * 1e3:.0f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
