@@ -102,9 +102,15 @@ def _compare(oracle, name: str, model, refs) -> list[str]:
         if diff > TOLERANCE * scale:
             problems.append(f"{size}px: max abs diff {diff:.3g} (scale {scale:.3g})")
         theirs_map = oracle.original_change_map(name, ref)
-        differ = (ucd_change_map(ours) != theirs_map) & (_margin(ref) > BOUNDARY)
+        sure = _margin(ref) > BOUNDARY
+        differ = (ucd_change_map(ours) != theirs_map) & sure
         if differ.any():
             problems.append(f"{size}px: {int(differ.sum())} change-map pixels differ away from the boundary")
+        with torch.no_grad():  # the public prediction: change_prob > 0.5 must be UCD's change map
+            prob = model(spec.normalize(a * 255), spec.normalize(b * 255)).change_prob
+        differ = ((prob > 0.5).long() != theirs_map) & sure
+        if differ.any():
+            problems.append(f"{size}px: change_prob > 0.5 differs from UCD's map at {int(differ.sum())} pixels")
     return problems
 
 
@@ -123,6 +129,12 @@ def test_ucd_checkpoint_loads_and_matches_the_original(name, oracle, tmp_path):
         model = load_model(tmp_path / name)
     assert not model.training
     assert model.config.ucd_model_name == name
+    spec = model.inference_spec
+    if name == "MineNetCD":  # UCD's MineNetCD config normalises with the ADE mean/std
+        assert spec.image_mean == pytest.approx(oracle.ADE_MEAN) and spec.image_std == pytest.approx(oracle.ADE_STD)
+    else:  # ToTensor only
+        assert spec.image_mean == (0.0, 0.0, 0.0) and spec.image_std == (1.0, 1.0, 1.0)
+    assert spec.value_scale == 255.0
     problems = _compare(oracle, name, model, refs)
     assert not problems, f"{name} ({UCD_PRESETS[name]}) differs from the original: {'; '.join(problems)}"
 
