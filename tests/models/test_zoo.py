@@ -114,6 +114,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
+    expected |= set(UCD_TABLE_ADDED)
     assert expected <= archs
 
 
@@ -212,7 +213,21 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
+    "rdpnet": 1.62,
 }
+UCD_TABLE_ADDED = ["rdpnet"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+
+
+@pytest.mark.parametrize("name", UCD_TABLE_ADDED)
+def test_added_ucd_methods_match_the_ucd_table_within_half_a_percent(name, capsys):
+    """UCD's README counts every built parameter (also never-called modules) in units of 2^20; so do we."""
+    from maskcd.cli.models import main
+
+    with torch.device("meta"):
+        model = build_model(name)
+    assert abs(count_parameters(model) / 2**20 - UCD_PARAMS_MI[name]) <= 0.005 * UCD_PARAMS_MI[name]
+    assert main([name]) == 0
+    assert f"{UCD_PARAMS_MI[name]:.2f} Mi" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, mebi", sorted(UCD_PARAMS_MI.items()))
@@ -289,7 +304,7 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", *UCD_TABLE_ADDED])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
