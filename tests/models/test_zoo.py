@@ -54,6 +54,8 @@ def tiny_overrides(name: str) -> dict:
         return dict(base_width=8)
     if arch == "resunet":
         return dict(filters=[8, 16, 32, 64, 128])
+    if arch == "fcnpp":
+        return dict(widths=[8, 16, 32, 64])
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
     return {}
@@ -213,9 +215,9 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
-    "rdpnet": 1.62,
+    "rdpnet": 1.62, "fcnpp": 14.56,
 }
-UCD_TABLE_ADDED = ["rdpnet"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp"]  # methods of UCD's table added with issue 11 (preset = architecture name)
 
 
 @pytest.mark.parametrize("name", UCD_TABLE_ADDED)
@@ -268,6 +270,27 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert not any(p.requires_grad for p in tiny_model("cgnet").unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
+
+
+def test_fcnpp_fix_crop_keeps_the_weights_and_changes_only_up1_input():
+    """UCD's FCNPP centre-crops the ×2-upsampled ASPP output in ``up1``; ``fix_crop`` feeds it unzoomed instead."""
+    published = tiny_model("fcnpp").eval()
+    with contextlib.redirect_stderr(io.StringIO()):
+        fixed = build_model("fcnpp", fix_crop=True, **tiny_overrides("fcnpp")).eval()
+    fixed.load_state_dict(published.state_dict(), strict=True)
+    a, b, _ = _pair(1, 64, 64, seed=5)
+    seen = {}
+    for key, model in (("published", published), ("fixed", fixed)):
+        handle = model.up1.conv.register_forward_pre_hook(lambda m, args, key=key: seen.__setitem__(key, args[0]))
+        with torch.no_grad():
+            model(a, b)
+        handle.remove()
+    with torch.no_grad():
+        aspp = published.aspp(published.down3(published.down2(published.down1(published.inc(torch.cat([a, b], 1))))))
+    c = aspp.shape[1]
+    torch.testing.assert_close(seen["fixed"][:, c:], aspp)  # up1's second half: the ASPP map itself
+    zoomed = torch.nn.functional.interpolate(aspp, scale_factor=2, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(seen["published"][:, c:], zoomed[..., 4:12, 4:12])  # the centre of its ×2 zoom
 
 
 def test_wrong_band_count_and_unknown_keys_are_explained():
