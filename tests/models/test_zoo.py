@@ -217,9 +217,9 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
-    "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17,
+    "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06,
 }
-UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr"]  # methods of UCD's table added with issue 11 (preset = architecture name)
 
 
 @pytest.mark.parametrize("name", UCD_TABLE_ADDED)
@@ -274,6 +274,9 @@ def test_unused_published_layers_are_frozen_not_trained():
     for unused in ("dblock", "decoder1", "finalconv3"):
         assert not any(p.requires_grad for p in getattr(dtc, unused).parameters())
     assert all(p.requires_grad for p in dtc.decoder1_master.parameters())
+    tfi = tiny_model("tfi-gr")
+    for unused in (tfi.backbone.fc, tfi.decoder.conv_sum2, tfi.decoder.conv_sum3):
+        assert not any(p.requires_grad for p in unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
