@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 # One entry per line, sorted, so that additions merge cleanly.
 UCD_PRESETS: dict[str, str] = {
     "A2Net": "a2net",
+    "AFCF3D": "afcf3d",
     "BIT": "bit",
     "CGNet": "cgnet",
     "ChangeFormer": "changeformer",

@@ -58,6 +58,8 @@ def tiny_overrides(name: str) -> dict:
         return dict(widths=[8, 16, 32, 64])
     if arch == "dtcdscn":
         return dict(layers=[1, 1, 1, 1], filters=[16, 32, 64, 128], se_reduction=4)
+    if arch == "afcf3d":
+        return dict(channels=8)
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
     return {}
@@ -217,9 +219,9 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
-    "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06,
+    "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06, "afcf3d": 16.83,
 }
-UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d"]  # methods of UCD's table added with issue 11 (preset = architecture name)
 
 
 @pytest.mark.parametrize("name", UCD_TABLE_ADDED)
@@ -276,6 +278,9 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert all(p.requires_grad for p in dtc.decoder1_master.parameters())
     tfi = tiny_model("tfi-gr")
     for unused in (tfi.backbone.fc, tfi.decoder.conv_sum2, tfi.decoder.conv_sum3):
+        assert not any(p.requires_grad for p in unused.parameters())
+    afcf = tiny_model("afcf3d")
+    for unused in (afcf.decoder.output.downT0, afcf.decoder.output.superout4, afcf.decoder.AFCF_fuse.AFCF1.conv_down):
         assert not any(p.requires_grad for p in unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)

@@ -13,6 +13,8 @@ downloads anything.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,17 +60,24 @@ def torchvision_state_dict(value: str, backbone: str) -> dict[str, torch.Tensor]
         ) from err
 
 
-def maybe_load_backbone(module: nn.Module, value: str | None, backbone: str, skip: tuple[str, ...] = ()) -> bool:
+def maybe_load_backbone(module: nn.Module, value: str | None, backbone: str, keep: str | None = None,
+                        convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> bool:
     """Load ``value`` weights into ``module`` unless ``value`` is None or ``module`` lives on the meta device.
 
-    Keys starting with a ``skip`` prefix (a stem rebuilt for another band count, a dropped ``fc``) keep their
-    initialisation; every other tensor must be present and fit.
+    ``convert`` maps torchvision's state dict onto ``module``'s names and shapes (default: as it is). Keys of
+    ``module`` matching the regular expression ``keep`` (``re.match``: a stem rebuilt for another band count, a dropped
+    ``fc``, layers torchvision has no weights for) keep their initialisation and are not loaded; every other tensor
+    must be present and fit.
     """
     if value is None or any(p.is_meta for p in module.parameters()):
         return False
-    state = {k: v for k, v in torchvision_state_dict(value, backbone).items() if not k.startswith(skip)}
+    state = torchvision_state_dict(value, backbone)
+    if convert is not None:
+        state = convert(state)
+    if keep is not None:
+        state = {k: v for k, v in state.items() if not re.match(keep, k)}
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(skip)]
+    missing = [k for k in missing if keep is None or not re.match(keep, k)]
     if missing or unexpected:
         raise RuntimeError(f"{backbone} {value} weights do not fit: missing {missing[:4]}, unexpected {unexpected[:4]}")
     return True

@@ -169,8 +169,8 @@ class TFIGR(ZooModel):
         self.CIEM2, self.GRM2 = CIEM(dim, config.ca_ratio), GRM(dim)
         self.decoder = TFIDecoder(dim, config.keep_unused_layers)
         self.post_init()
-        skip = (() if self.num_bands == 3 else ("conv1.",)) + (() if config.keep_unused_layers else ("fc.",))
-        maybe_load_backbone(self.backbone, config.backbone_weights, "resnet18", skip=skip)
+        keep = "|".join(([] if self.num_bands == 3 else [r"conv1\."]) + ([] if config.keep_unused_layers else [r"fc\."]))
+        maybe_load_backbone(self.backbone, config.backbone_weights, "resnet18", keep=keep or None)
         self.freeze_unused()
 
     def frozen_modules(self) -> list[nn.Module]:
