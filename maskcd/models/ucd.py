@@ -56,6 +56,7 @@ UCD_PRESETS: dict[str, str] = {
     "FC-EF": "fc-ef",
     "FCNPP": "fcnpp",
     "HCGMNet": "hcgmnet",
+    "ICIFNet": "icifnet",
     "MSPSNet": "mspsnet",
     "MineNetCD": "minenetcd-swin-t",
     "RDPNet": "rdpnet",

@@ -60,6 +60,8 @@ def tiny_overrides(name: str) -> dict:
         return dict(layers=[1, 1, 1, 1], filters=[16, 32, 64, 128], se_reduction=4)
     if arch == "afcf3d":
         return dict(channels=8)
+    if arch == "icifnet":
+        return dict(pvt_embed_dims=[64, 128, 80, 160], pvt_depths=[1, 1, 1, 1])
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
     return {}
@@ -220,8 +222,9 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
     "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06, "afcf3d": 16.83,
+    "icifnet": 24.64,
 }
-UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d", "icifnet"]  # methods of UCD's table added with issue 11 (preset = architecture name)
 
 
 @pytest.mark.parametrize("name", UCD_TABLE_ADDED)
@@ -284,6 +287,29 @@ def test_unused_published_layers_are_frozen_not_trained():
         assert not any(p.requires_grad for p in unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
+
+
+def test_icifnet_authors_loss_trains_every_branch_ucd_loss_freezes_what_ucd_never_updates():
+    """UCD's CE on the g-path leaves the l-path, U-Net path and fusion blocks without gradient; they are frozen then,
+    and trained (with the prediction unchanged) under the authors' three-output loss."""
+    ucd = tiny_model("icifnet")
+    assert not any(p.requires_grad for p in ucd.final_1.parameters())
+    assert not any(p.requires_grad for p in ucd.up3_img2.parameters())
+    assert all(p.requires_grad for p in ucd.final_2.parameters())
+    with contextlib.redirect_stderr(io.StringIO()):
+        paper = build_model("icifnet", loss="icifnet", **tiny_overrides("icifnet")).eval()
+    paper.load_state_dict(ucd.state_dict())
+    a, b, labels = _pair(2, 32, 32, seed=6)
+    with torch.no_grad():  # same weights, same prediction (the g-path's)
+        torch.testing.assert_close(paper(a, b).logits, ucd.eval()(a, b).logits)
+    paper.train()(a, b, labels).loss.backward()
+    missing = [n for n, p in paper.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:8]
+    never_called = [n for n, p in paper.named_parameters() if not p.requires_grad]
+    layout_only = ("resnet.fc.", "backbone.patch_embed4.", "backbone.block4.", "backbone.norm4.")
+    unused_projections = (".query.weight", ".key.weight", ".value.weight", ".factoratt_crpe.qkv.weight",
+                          ".factoratt_crpe.qkv.bias")
+    assert never_called and all(n.startswith(layout_only) or n.endswith(unused_projections) for n in never_called)
 
 
 def test_fcnpp_fix_crop_keeps_the_weights_and_changes_only_up1_input():
