@@ -34,18 +34,7 @@ SIZES: dict[str, tuple[int, ...]] = {"MSPSNet": (256,), "AERNet": (256,), "HANet
 DEFAULT_SIZES = (64, 96)
 
 # Temporarily known deviations (measured max abs diff in the reason); empty when every method is at parity.
-KNOWN_DEVIATIONS: dict[str, str] = {
-    "A2Net": "key layout not mapped yet",
-    "BIT": "layer3 dilated: max abs diff 0.115 at 64px",
-    "CGNet": "key layout not mapped yet",
-    "ChangeFormer": "key layout not mapped yet",
-    "DMINet": "key layout not mapped yet",
-    "HCGMNet": "key layout not mapped yet",
-    "MSPSNet": "key layout not mapped yet",
-    "ResUnet": "key layout not mapped yet",
-    "SNUNet": "max abs diff 14.1 (scale 54.8) at 64px",
-    "Tiny_CD": "key layout not mapped yet",
-}
+KNOWN_DEVIATIONS: dict[str, str] = {}
 
 BOUNDARY = 1e-4
 TOLERANCE = 1e-5
