@@ -224,7 +224,8 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06, "afcf3d": 16.83,
     "icifnet": 24.64,
 }
-UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d", "icifnet"]  # methods of UCD's table added with issue 11 (preset = architecture name)
+# methods of UCD's table added with issue 11 (preset name = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d", "icifnet"]
 
 
 @pytest.mark.parametrize("name", UCD_TABLE_ADDED)
@@ -387,7 +388,8 @@ def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_data
     out = tmp_path / "run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["--dataset", str(levir_dataset), "--model", model_arg, "--batch-size", "3", "--learning-rate", "1e-3",
+        rc = main(["--dataset", str(levir_dataset), "--model", model_arg, "--batch-size", "3",
+                   "--learning-rate", "1e-3",
                    "--epochs", "1", "--val-every", "1", "--crop", "64", "--max-steps-per-epoch", "2",
                    "--val-batch-size", "2", "--output-dir", str(out), "--seed", "0"])
     assert rc == 0, err.getvalue()[-500:]

@@ -127,11 +127,10 @@ class Block3D(nn.Module):
         self.bn1 = nn.BatchNorm3d(cout)
         self.conv2 = DecomposedConv(cout, cout, 3, 1, 1)
         self.bn2 = nn.BatchNorm3d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv3d(cin, cout, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(cout)
-            )
+        projection = stride != 1 or cin != cout
+        self.downsample = nn.Sequential(
+            nn.Conv3d(cin, cout, 1, stride=(1, stride, stride), bias=False), nn.BatchNorm3d(cout)
+        ) if projection else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -360,7 +359,7 @@ class Reduction(nn.Module):
         return self.reduce(x)
 
 
-class Unet3PP(nn.Module):
+class AFCF3DDecoder(nn.Module):
     """Per-level reduction to ``c`` channels, AFCF fusion, full-scale decoder (one change logit at 1/2)."""
 
     def __init__(self, c: int, keep_unused: bool):
@@ -384,7 +383,7 @@ class AFCF3D(ZooModel):
     def __init__(self, config: AFCF3DConfig):
         super().__init__(config)
         self.resnet = ResNet3D(self.num_bands)
-        self.decoder = Unet3PP(config.channels, config.keep_unused_layers)
+        self.decoder = AFCF3DDecoder(config.channels, config.keep_unused_layers)
         self.post_init()
         keep = r".*conv3d_time_" + ("" if self.num_bands == 3 else r"|conv1\.")
         maybe_load_backbone(self.resnet, config.backbone_weights, "resnet18", keep=keep, convert=imagenet_to_3d)

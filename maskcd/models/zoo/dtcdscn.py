@@ -13,9 +13,9 @@ at full resolution. Convolutions (not transposed ones) are initialised N(0, √(
 
 **The semantic branch is built but never run.** The paper's dual-task design adds a per-date semantic decoder
 (``dblock``, ``decoder1..4``, ``finaldeconv1``, ``finalconv2/3``) supervised by building masks. UCD builds it (its
-9.8 M parameters are in UCD's 39.17 M, in 2^20 units, and in its checkpoints) but its forward pass never calls it. maskcd
-keeps those modules, frozen (``requires_grad=False``), so that the parameter count and the state-dict layout match;
-``keep_semantic_branch: false`` drops them.
+9.8 M parameters are in UCD's 39.17 M, in 2^20 units, and in its checkpoints) but its forward pass never calls it.
+maskcd keeps those modules, frozen (``requires_grad=False``), so that the parameter count and the state-dict layout
+match; ``keep_semantic_branch: false`` drops them.
 
 Loss: cross-entropy on the change logits, as UCD trains it (the authors' dual-task focal-like loss needs semantic
 labels). No pretrained weights. Inputs are padded to a multiple of 32.
@@ -128,7 +128,7 @@ class SCSE(nn.Module):
         return channel + x * self.spatial_se(x)
 
 
-class DecoderBlock(nn.Module):
+class DTCDSCNDecoderBlock(nn.Module):
     """1×1 → BN → ReLU, ``+ scSE``, 3×3 stride-2 transposed conv → BN → ReLU, 1×1 → BN → ReLU (×2 resolution)."""
 
     def __init__(self, cin: int, cout: int, reduction: int):
@@ -173,10 +173,10 @@ class DTCDSCN(ZooModel):
             if not keep:
                 continue
             self.add_module(f"dblock{suffix}", DilatedCentre(f[3]))
-            self.add_module(f"decoder4{suffix}", DecoderBlock(f[3], f[2], r))
-            self.add_module(f"decoder3{suffix}", DecoderBlock(f[2], f[1], r))
-            self.add_module(f"decoder2{suffix}", DecoderBlock(f[1], f[0], r))
-            self.add_module(f"decoder1{suffix}", DecoderBlock(f[0], f[0], r))
+            self.add_module(f"decoder4{suffix}", DTCDSCNDecoderBlock(f[3], f[2], r))
+            self.add_module(f"decoder3{suffix}", DTCDSCNDecoderBlock(f[2], f[1], r))
+            self.add_module(f"decoder2{suffix}", DTCDSCNDecoderBlock(f[1], f[0], r))
+            self.add_module(f"decoder1{suffix}", DTCDSCNDecoderBlock(f[0], f[0], r))
             self.add_module(f"finaldeconv1{suffix}", nn.ConvTranspose2d(f[0], 32, 4, stride=2, padding=1))
             self.add_module(f"finalconv2{suffix}", nn.Conv2d(32, 32, 3, padding=1))
             self.add_module(f"finalconv3{suffix}", nn.Conv2d(32, 2, 3, padding=1))

@@ -71,7 +71,7 @@ class TripleConv(nn.Module):
         self.double_conv = dilated_triple(cin, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.double_conv(x)
+        return self.double_conv(x)  # three dilated convs
 
 
 class DownBlock(nn.Module):
@@ -80,7 +80,7 @@ class DownBlock(nn.Module):
         self.maxpool_conv = nn.Sequential(nn.MaxPool2d(2), TripleConv(cin, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.maxpool_conv(x)
+        return self.maxpool_conv(x)  # max-pool, then the dilated triple conv
 
 
 def match_size(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

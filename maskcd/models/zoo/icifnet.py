@@ -124,7 +124,7 @@ class SRAttention(nn.Module):
         b, n, c = x.shape
         q = self.q(x).reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
         src = x
-        if self.sr_ratio > 1:
+        if self.sr_ratio != 1:
             src = self.norm(self.sr(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2))
         k, v = self.kv(src).reshape(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
@@ -145,7 +145,7 @@ class PVTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x), h, w))
 
 
-class PatchEmbed(nn.Module):
+class PVTPatchEmbed(nn.Module):
     """Overlapping patch embedding: ``k``×``k`` conv with stride ``s`` (padding k // 2) → LayerNorm."""
 
     def __init__(self, cin: int, dim: int, k: int, s: int):
@@ -168,7 +168,7 @@ class PVTv2(nn.Module):
         rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         cin, start = in_channels, 0
         for i in range(4):
-            self.add_module(f"patch_embed{i + 1}", PatchEmbed(cin, dims[i], 7 if i == 0 else 3, 4 if i == 0 else 2))
+            self.add_module(f"patch_embed{i + 1}", PVTPatchEmbed(cin, dims[i], 7 if i == 0 else 3, 4 if i == 0 else 2))
             self.add_module(f"block{i + 1}", nn.ModuleList(
                 PVTBlock(dims[i], heads[i], mlp_ratios[i], sr_ratios[i], rates[start + j]) for j in range(depths[i])
             ))
@@ -374,7 +374,8 @@ class ResidualDoubleConv(nn.Module):
 
 
 class GatedUp(nn.Module):
-    """×2 bilinear (align_corners) upsampling, attention gate on the skip, ``cat([skip, up])`` → residual double conv."""
+    """×2 bilinear (align_corners) upsampling, attention gate on the skip, ``cat([skip, up])``, residual double
+    conv."""
 
     def __init__(self, cin: int, cout: int, cskip: int):
         super().__init__()
@@ -437,7 +438,7 @@ class ICIFNet(ZooModel):
         self.resnet = resnet18()
         if self.num_bands != 3:
             self.resnet.conv1 = nn.Conv2d(self.num_bands, 64, 7, stride=2, padding=3, bias=False)
-        self.resnet.layer4 = nn.Identity()
+        self.resnet.layer4 = nn.Identity()  # ICIF-Net stops at 1/16
         dims = config.pvt_embed_dims
         self.backbone = PVTv2(self.num_bands, dims, config.pvt_depths, config.drop_path_rate)
         self.final_x, self.final_1, self.final_2 = head(64), head(64), head(64)

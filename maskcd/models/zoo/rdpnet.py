@@ -54,7 +54,7 @@ class RDPNetConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
-class SwitchNorm2d(nn.Module):
+class SwitchableNorm2d(nn.Module):
     """Switchable Normalisation over ``(N, C, H, W)``: softmax-weighted instance / layer / batch statistics.
 
     Parameters ``weight``/``bias`` have shape ``(1, C, 1, 1)``, the mixing logits ``mean_weight``/``var_weight`` 3
@@ -112,9 +112,9 @@ class MixerBlock(nn.Module):
     def __init__(self, dim: int, kernel_size: int):
         super().__init__()
         self.depthconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.gn1 = SwitchNorm2d(dim)
+        self.gn1 = SwitchableNorm2d(dim)
         self.pointconv = nn.Conv2d(dim, dim, 1)
-        self.gn2 = SwitchNorm2d(dim)
+        self.gn2 = SwitchableNorm2d(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + F.gelu(self.gn1(self.depthconv(x)))
@@ -126,9 +126,9 @@ class UpBranch(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.layer1 = nn.Sequential(nn.Conv2d(cin, cout, 1), SwitchNorm2d(cout), nn.GELU())
+        self.layer1 = nn.Sequential(nn.Conv2d(cin, cout, 1), SwitchableNorm2d(cout), nn.GELU())
         self.patchup = nn.ConvTranspose2d(cout, cout, stride, stride=stride)
-        self.bn2 = SwitchNorm2d(cout)
+        self.bn2 = SwitchableNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.gelu(self.bn2(self.patchup(self.layer1(x))))
@@ -144,7 +144,7 @@ class RDPNet(ZooModel):
         self.size_divisor = config.patch_size
         d, p = config.hidden_dim, config.patch_size
         self.patchEmb = nn.Conv2d(2 * self.num_bands, d, p, stride=p)
-        self.gn1 = SwitchNorm2d(d)
+        self.gn1 = SwitchableNorm2d(d)
         for i in range(1, config.depth + 1):  # published names: mixer1, ch1, mixer2, ch2, ...
             self.add_module(f"mixer{i}", MixerBlock(d, config.kernel_size))
             self.add_module(f"ch{i}", UpBranch(d, config.branch_dim, p))

@@ -60,7 +60,8 @@ class TFIGRConfig(PreTrainedConfig):
 
 def cbr(cin: int, cout: int, k: int = 3, bias: bool = True) -> nn.Sequential:
     """Conv (``k``×``k``, same padding) → BatchNorm → ReLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 def up_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -169,7 +170,9 @@ class TFIGR(ZooModel):
         self.CIEM2, self.GRM2 = CIEM(dim, config.ca_ratio), GRM(dim)
         self.decoder = TFIDecoder(dim, config.keep_unused_layers)
         self.post_init()
-        keep = "|".join(([] if self.num_bands == 3 else [r"conv1\."]) + ([] if config.keep_unused_layers else [r"fc\."]))
+        keep = [] if self.num_bands == 3 else [r"conv1\."]  # a stem for other band counts stays random
+        keep += [] if config.keep_unused_layers else [r"fc\."]
+        keep = "|".join(keep)
         maybe_load_backbone(self.backbone, config.backbone_weights, "resnet18", keep=keep or None)
         self.freeze_unused()
 
