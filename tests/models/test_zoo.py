@@ -296,19 +296,22 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
 
-def test_icifnet_authors_loss_trains_every_branch_ucd_loss_freezes_what_ucd_never_updates():
+def test_icifnet_authors_recipe_trains_every_branch_ucd_recipe_freezes_what_ucd_never_updates():
     """UCD's CE on the g-path leaves the l-path, U-Net path and fusion blocks without gradient; they are frozen then,
-    and trained (with the prediction unchanged) under the authors' three-output loss."""
+    and trained under the authors' three-output loss, which predicts from the sum of the three outputs."""
     ucd = tiny_model("icifnet")
     assert not any(p.requires_grad for p in ucd.final_1.parameters())
     assert not any(p.requires_grad for p in ucd.up3_img2.parameters())
     assert all(p.requires_grad for p in ucd.final_2.parameters())
     with contextlib.redirect_stderr(io.StringIO()):
-        paper = build_model("icifnet", loss="icifnet", **tiny_overrides("icifnet")).eval()
+        paper = build_model("icifnet", recipe="authors", **tiny_overrides("icifnet")).eval()
     paper.load_state_dict(ucd.state_dict())
     a, b, labels = _pair(2, 32, 32, seed=6)
-    with torch.no_grad():  # same weights, same prediction (the g-path's)
-        torch.testing.assert_close(paper(a, b).logits, ucd.eval()(a, b).logits)
+    with torch.no_grad():  # same weights: the same g-path output, and the prediction sums all three
+        pred = paper.predict(a, b)
+        torch.testing.assert_close(pred.aux[0], ucd.eval().predict(a, b).logits)
+        torch.testing.assert_close(pred.logits, pred.aux[0] + pred.aux[1] + pred.aux[2])
+        assert not torch.allclose(pred.logits, pred.aux[0])
     paper.train()(a, b, labels).loss.backward()
     missing = [n for n, p in paper.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, missing[:8]

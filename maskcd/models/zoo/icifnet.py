@@ -19,10 +19,13 @@ transition layers, and ``decode`` blocks that cross-gate the finer map with the 
 attention-gated U-Net path on the fused maps. Each path's absolute T1/T2 difference at 1/4 is upsampled ×4 (bilinear)
 and classified by a 3×3 conv → BN → ReLU → 3×3 conv head into 2 class logits.
 
-**UCD's recipe (the default, ``loss: ucd``).** UCD predicts from, and trains with cross-entropy on, the g-path output
-only. The l-path, the U-Net path and the cross-interaction fusion blocks then never reach the loss, so UCD never
-updates them; maskcd keeps them frozen (``requires_grad=False``) and does not run them. ``loss: icifnet`` is the
-authors' recipe: ``CE(g) + CE(l) + 0.5 · CE(U-Net)``, with every branch trained (the prediction stays the g-path's).
+Two recipes (``recipe``):
+
+* ``"ucd"`` (default): UCD predicts from, and trains with cross-entropy on, the g-path output only. The l-path, the
+  U-Net path and the cross-interaction fusion blocks then never reach the loss, so UCD never updates them; maskcd keeps
+  exactly those frozen (``requires_grad=False``) and does not run them.
+* ``"authors"``: the ICIF-Net authors' recipe: loss ``CE(g) + CE(l) + 0.5 · CE(U-Net)`` with every branch trained, and
+  the prediction from the sum of the three outputs' logits.
 
 UCD builds, and counts in its 24.64 M (2^20 units), layers the forward pass never calls: ResNet's ``fc``, PVT's fourth
 stage (computed by UCD, its output unused), three ``query/key/value`` matrices per cross-interaction block and the
@@ -47,7 +50,7 @@ from transformers import PreTrainedConfig
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
-LOSSES = ("ucd", "icifnet")
+RECIPES = ("ucd", "authors")
 
 
 class ICIFNetConfig(PreTrainedConfig):
@@ -59,22 +62,24 @@ class ICIFNetConfig(PreTrainedConfig):
         pvt_depths: Transformer blocks per PVT stage ([2, 2, 2, 2]).
         drop_rate: ICIF-Net's dropout rate; the cross-interaction blocks use half of it (0.2 → 0.1).
         drop_path_rate: PVT stochastic-depth rate (0.1).
-        loss: ``ucd`` (CE on the g-path output, UCD's training) or ``icifnet`` (the authors' CE on all three paths).
+        recipe: ``"ucd"`` (default; prediction from, and CE on, the g-path output, as UCD) or ``"authors"`` (CE on
+            all three outputs, prediction from their sum).
     """
 
     model_type = "maskcd-icifnet"
 
     def __init__(self, pvt_embed_dims: list[int] | None = None, pvt_depths: list[int] | None = None,
-                 drop_rate: float = 0.2, drop_path_rate: float = 0.1, loss: str = "ucd", **kwargs):
+                 drop_rate: float = 0.2, drop_path_rate: float = 0.1, recipe: str = "ucd",
+                 **kwargs):
         self.pvt_embed_dims = list(pvt_embed_dims) if pvt_embed_dims is not None else [64, 128, 320, 512]
         self.pvt_depths = list(pvt_depths) if pvt_depths is not None else [2, 2, 2, 2]
         if len(self.pvt_embed_dims) != 4 or len(self.pvt_depths) != 4 or self.pvt_embed_dims[:2] != [64, 128]:
             raise ValueError(f"ICIFNet PVT: 4 stages starting with widths 64, 128, got {self.pvt_embed_dims}")
-        if loss not in LOSSES:
-            raise ValueError(f"ICIFNet loss must be one of {LOSSES}, got {loss!r}")
+        if recipe not in RECIPES:
+            raise ValueError(f"ICIFNet recipe must be one of {RECIPES}, got {recipe!r}")
         self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate
-        self.loss = loss
+        self.recipe = recipe
         super().__init__(**kwargs)
 
 
@@ -460,7 +465,7 @@ class ICIFNet(ZooModel):
 
     @property
     def _all_paths(self) -> bool:
-        return self.config.loss == "icifnet"
+        return self.config.recipe == "authors"
 
     def _aux_only(self) -> list[nn.Module]:
         """Modules that only feed the l-path and U-Net outputs (never reaching UCD's loss or any prediction)."""
@@ -525,19 +530,20 @@ class ICIFNet(ZooModel):
         return F.interpolate((a - b).abs(), scale_factor=4, mode="bilinear")
 
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
-        all_paths = self._all_paths and self.training
+        all_paths = self._all_paths
         pa, pb = self._date(image_a, "", all_paths), self._date(image_b, "_img2", all_paths)
-        main = self.final_2(self._diff_up(pa[0], pb[0]))
+        main = self.final_2(self._diff_up(pa[0], pb[0]))  # UCD's main_predictions
         if not all_paths:
             return ZooPrediction(main)
-        return ZooPrediction(main, aux=[self.final_1(self._diff_up(pa[1], pb[1])),
-                                        self.final_x(self._diff_up(pa[2], pb[2]))])
+        local = self.final_1(self._diff_up(pa[1], pb[1]))
+        unet = self.final_x(self._diff_up(pa[2], pb[2]))
+        return ZooPrediction(main + local + unet, aux=[main, local, unet])
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
-        loss = ce_loss(prediction.logits, labels)
-        if prediction.aux:  # the authors' recipe: CE(g) + CE(l) + 0.5 CE(U-Net)
-            loss = loss + ce_loss(prediction.aux[0], labels) + 0.5 * ce_loss(prediction.aux[1], labels)
-        return loss
+        if not prediction.aux:
+            return ce_loss(prediction.logits, labels)
+        main, local, unet = prediction.aux  # the authors' recipe
+        return ce_loss(main, labels) + ce_loss(local, labels) + 0.5 * ce_loss(unet, labels)
 
 
 register_architecture("icifnet", ICIFNet, config_builder(ICIFNetConfig))
