@@ -13,4 +13,10 @@ from maskcd.models.zoo import mspsnet  # noqa: F401
 from maskcd.models.zoo import resunet  # noqa: F401
 from maskcd.models.zoo import cgnet  # noqa: F401
 from maskcd.models.zoo import hcgmnet  # noqa: F401
+from maskcd.models.zoo import rdpnet  # noqa: F401
+from maskcd.models.zoo import fcnpp  # noqa: F401
+from maskcd.models.zoo import dtcdscn  # noqa: F401
+from maskcd.models.zoo import tfi_gr  # noqa: F401
+from maskcd.models.zoo import afcf3d  # noqa: F401
+from maskcd.models.zoo import icifnet  # noqa: F401
 from maskcd.models import ucd  # noqa: F401  (registers the UCD checkpoint loader)

@@ -47,17 +47,23 @@ logger = logging.getLogger(__name__)
 # One entry per line, sorted, so that additions merge cleanly.
 UCD_PRESETS: dict[str, str] = {
     "A2Net": "a2net",
+    "AFCF3D": "afcf3d",
     "BIT": "bit",
     "CGNet": "cgnet",
     "ChangeFormer": "changeformer",
     "DMINet": "dminet",
+    "DTCDSCN": "dtcdscn",
     "FC-EF": "fc-ef",
+    "FCNPP": "fcnpp",
     "HCGMNet": "hcgmnet",
+    "ICIFNet": "icifnet",
     "MSPSNet": "mspsnet",
     "MineNetCD": "minenetcd-swin-t",
+    "RDPNet": "rdpnet",
     "ResUnet": "resunet",
     "SNUNet": "snunet",
     "SiamUnet_diff": "siamunet-diff",
+    "TFI_GR": "tfi-gr",
     "Tiny_CD": "tinycd",
     "siamunet_conc": "siamunet-conc",
 }

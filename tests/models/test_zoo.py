@@ -57,6 +57,14 @@ def tiny_overrides(name: str) -> dict:
         return dict(base_width=8)
     if arch == "resunet":
         return dict(filters=[8, 16, 32, 64, 128])
+    if arch == "fcnpp":
+        return dict(widths=[8, 16, 32, 64])
+    if arch == "dtcdscn":
+        return dict(layers=[1, 1, 1, 1], filters=[16, 32, 64, 128], se_reduction=4)
+    if arch == "afcf3d":
+        return dict(channels=8)
+    if arch == "icifnet":
+        return dict(pvt_embed_dims=[64, 128, 80, 160], pvt_depths=[1, 1, 1, 1])
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
     return {}
@@ -118,6 +126,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
+    expected |= set(UCD_TABLE_ADDED)
     assert expected <= archs
 
 
@@ -219,7 +228,23 @@ def test_short_overfit_on_a_real_levir_pair(name, shared_data):
 UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
+    "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06, "afcf3d": 16.83,
+    "icifnet": 24.64,
 }
+# methods of UCD's table added with issue 11 (preset name = architecture name)
+UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d", "icifnet"]
+
+
+@pytest.mark.parametrize("name", UCD_TABLE_ADDED)
+def test_added_ucd_methods_match_the_ucd_table_within_half_a_percent(name, capsys):
+    """UCD's README counts every built parameter (also never-called modules) in units of 2^20; so do we."""
+    from maskcd.cli.models import main
+
+    with torch.device("meta"):
+        model = build_model(name)
+    assert abs(count_parameters(model) / 2**20 - UCD_PARAMS_MI[name]) <= 0.005 * UCD_PARAMS_MI[name]
+    assert main([name]) == 0
+    assert f"{UCD_PARAMS_MI[name]:.2f} Mi" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, mebi", sorted(UCD_PARAMS_MI.items()))
@@ -258,8 +283,65 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert not any(p.requires_grad for p in dmi.resnet.fc.parameters())
     assert not any(p.requires_grad for p in tiny_model("mspsnet").unused.parameters())
     assert not any(p.requires_grad for p in tiny_model("cgnet").unused.parameters())
+    dtc = tiny_model("dtcdscn")
+    for unused in ("dblock", "decoder1", "finalconv3"):
+        assert not any(p.requires_grad for p in getattr(dtc, unused).parameters())
+    assert all(p.requires_grad for p in dtc.decoder1_master.parameters())
+    tfi = tiny_model("tfi-gr")
+    for unused in (tfi.backbone.fc, tfi.decoder.conv_sum2, tfi.decoder.conv_sum3):
+        assert not any(p.requires_grad for p in unused.parameters())
+    afcf = tiny_model("afcf3d")
+    for unused in (afcf.decoder.output.downT0, afcf.decoder.output.superout4, afcf.decoder.AFCF_fuse.AFCF1.conv_down):
+        assert not any(p.requires_grad for p in unused.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
+
+
+def test_icifnet_authors_recipe_trains_every_branch_ucd_recipe_freezes_what_ucd_never_updates():
+    """UCD's CE on the g-path leaves the l-path, U-Net path and fusion blocks without gradient; they are frozen then,
+    and trained under the authors' three-output loss, which predicts from the sum of the three outputs."""
+    ucd = tiny_model("icifnet")
+    assert not any(p.requires_grad for p in ucd.final_1.parameters())
+    assert not any(p.requires_grad for p in ucd.up3_img2.parameters())
+    assert all(p.requires_grad for p in ucd.final_2.parameters())
+    with contextlib.redirect_stderr(io.StringIO()):
+        paper = build_model("icifnet", recipe="authors", **tiny_overrides("icifnet")).eval()
+    paper.load_state_dict(ucd.state_dict())
+    a, b, labels = _pair(2, 32, 32, seed=6)
+    with torch.no_grad():  # same weights: the same g-path output, and the prediction sums all three
+        pred = paper.predict(a, b)
+        torch.testing.assert_close(pred.aux[0], ucd.eval().predict(a, b).logits)
+        torch.testing.assert_close(pred.logits, pred.aux[0] + pred.aux[1] + pred.aux[2])
+        assert not torch.allclose(pred.logits, pred.aux[0])
+    paper.train()(a, b, labels).loss.backward()
+    missing = [n for n, p in paper.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing[:8]
+    never_called = [n for n, p in paper.named_parameters() if not p.requires_grad]
+    layout_only = ("resnet.fc.", "backbone.patch_embed4.", "backbone.block4.", "backbone.norm4.")
+    unused_projections = (".query.weight", ".key.weight", ".value.weight", ".factoratt_crpe.qkv.weight",
+                          ".factoratt_crpe.qkv.bias")
+    assert never_called and all(n.startswith(layout_only) or n.endswith(unused_projections) for n in never_called)
+
+
+def test_fcnpp_fix_crop_keeps_the_weights_and_changes_only_up1_input():
+    """UCD's FCNPP centre-crops the ×2-upsampled ASPP output in ``up1``; ``fix_crop`` feeds it unzoomed instead."""
+    published = tiny_model("fcnpp").eval()
+    with contextlib.redirect_stderr(io.StringIO()):
+        fixed = build_model("fcnpp", fix_crop=True, **tiny_overrides("fcnpp")).eval()
+    fixed.load_state_dict(published.state_dict(), strict=True)
+    a, b, _ = _pair(1, 64, 64, seed=5)
+    seen = {}
+    for key, model in (("published", published), ("fixed", fixed)):
+        handle = model.up1.conv.register_forward_pre_hook(lambda m, args, key=key: seen.__setitem__(key, args[0]))
+        with torch.no_grad():
+            model(a, b)
+        handle.remove()
+    with torch.no_grad():
+        aspp = published.aspp(published.down3(published.down2(published.down1(published.inc(torch.cat([a, b], 1))))))
+    c = aspp.shape[1]
+    torch.testing.assert_close(seen["fixed"][:, c:], aspp)  # up1's second half: the ASPP map itself
+    zoomed = torch.nn.functional.interpolate(aspp, scale_factor=2, mode="bilinear", align_corners=True)
+    torch.testing.assert_close(seen["published"][:, c:], zoomed[..., 4:12, 4:12])  # the centre of its ×2 zoom
 
 
 def test_wrong_band_count_and_unknown_keys_are_explained():
@@ -296,21 +378,28 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "minenetcd-vmamba-tiny"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "minenetcd-vmamba-tiny", *UCD_TABLE_ADDED])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
     Batch 3 = the 3 training pairs in one batch: UperNet's pyramid pooling (1×1 maps + BatchNorm) cannot train on a
-    batch of one, which a trailing partial batch would be.
+    batch of one, which a trailing partial batch would be. The methods added from UCD's table train their battery
+    variant (``tiny_overrides``, saved as a model folder) where it has one: same wiring and loss, seconds not minutes.
     """
     import json
 
     from maskcd.cli.train import main
 
+    model_arg = name
+    if name in UCD_TABLE_ADDED and tiny_overrides(name):
+        model_arg = str(tmp_path / "tiny")
+        with contextlib.redirect_stderr(io.StringIO()):
+            tiny_model(name).save_pretrained(model_arg)
     out = tmp_path / "run"
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["--dataset", str(levir_dataset), "--model", name, "--batch-size", "3", "--learning-rate", "1e-3",
+        rc = main(["--dataset", str(levir_dataset), "--model", model_arg, "--batch-size", "3",
+                   "--learning-rate", "1e-3",
                    "--epochs", "1", "--val-every", "1", "--crop", "64", "--max-steps-per-epoch", "2",
                    "--val-batch-size", "2", "--output-dir", str(out), "--seed", "0"])
     assert rc == 0, err.getvalue()[-500:]
