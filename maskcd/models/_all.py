@@ -13,3 +13,4 @@ from maskcd.models.zoo import mspsnet  # noqa: F401
 from maskcd.models.zoo import resunet  # noqa: F401
 from maskcd.models.zoo import cgnet  # noqa: F401
 from maskcd.models.zoo import hcgmnet  # noqa: F401
+from maskcd.models.zoo import ussfcnet  # noqa: F401

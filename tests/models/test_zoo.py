@@ -114,6 +114,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
+    expected |= {"ussfcnet"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -213,6 +214,9 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "fc-ef": 1.29, "siamunet-conc": 1.47, "siamunet-diff": 1.29, "snunet": 11.48, "bit": 11.39,
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
+UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
+    "ussfcnet": 1.449,
+})
 
 
 @pytest.mark.parametrize("name, mebi", sorted(UCD_PARAMS_MI.items()))
@@ -289,7 +293,7 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet"])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
@@ -315,3 +319,18 @@ def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_data
     assert model.inference_spec.tile_size == 256
     with torch.no_grad():
         assert model(*_pair(1, 64, 64)[:2]).change_prob.shape == (1, 64, 64)
+
+
+def test_ussfcnet_masked_dense_weights_start_at_zero_and_get_no_gradient():
+    """USSFCNet's CMConv: the dense conv's entries on blocks the grouped convs cover stay zero (gradient masked)."""
+    model = tiny_model("ussfcnet").train()
+    conv = model.Conv2_1.Conv[0].aux[0].conv
+    mask = conv.frozen_mask()
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.equal(conv.weight[mask], torch.zeros(int(mask.sum())))
+    model.zero_grad(set_to_none=True)
+    a, b, labels = _pair(1, 32, 32, seed=5)
+    model(a, b, labels).loss.backward()
+    assert torch.equal(conv.weight.grad[mask], torch.zeros(int(mask.sum())))
+    assert conv.weight.grad[~mask].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
