@@ -14,3 +14,4 @@ from maskcd.models.zoo import resunet  # noqa: F401
 from maskcd.models.zoo import cgnet  # noqa: F401
 from maskcd.models.zoo import hcgmnet  # noqa: F401
 from maskcd.models.zoo import ussfcnet  # noqa: F401
+from maskcd.models.zoo import dsamnet  # noqa: F401

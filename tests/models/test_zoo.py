@@ -114,7 +114,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
-    expected |= {"ussfcnet"}  # UCD registry models beyond its README table
+    expected |= {"ussfcnet", "dsamnet"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -215,7 +215,7 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
 UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
-    "ussfcnet": 1.449,
+    "ussfcnet": 1.449, "dsamnet": 16.165,
 })
 
 
@@ -255,6 +255,9 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert not any(p.requires_grad for p in dmi.resnet.fc.parameters())
     assert not any(p.requires_grad for p in tiny_model("mspsnet").unused.parameters())
     assert not any(p.requires_grad for p in tiny_model("cgnet").unused.parameters())
+    dsam = tiny_model("dsamnet")  # UCD's main output is the layer2 head: the metric branch is never trained there
+    assert not any(p.requires_grad for m in (dsam.backbone.layer4, dsam.decoder, dsam.cbam0, dsam.ds_lyr2)
+                   for p in m.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
@@ -293,7 +296,7 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet", "dsamnet"])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
@@ -334,3 +337,16 @@ def test_ussfcnet_masked_dense_weights_start_at_zero_and_get_no_gradient():
     assert torch.equal(conv.weight.grad[mask], torch.zeros(int(mask.sum())))
     assert conv.weight.grad[~mask].abs().sum() > 0
     model.zero_grad(set_to_none=True)
+
+
+def test_imagenet_backbone_offline_and_uncached_is_one_clear_error(tmp_path, monkeypatch):
+    """``backbone_weights: imagenet`` reads torchvision's cache; offline and not cached: one line naming the file."""
+    from maskcd.errors import MaskCDError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MaskCDError, match=r"ResNet18_Weights\.IMAGENET1K_V1 .*resnet18-f37072fd\.pth.*cache") as err:
+        build_model("dsamnet", backbone_weights="imagenet")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="backbone_weights"):
+        build_model("dsamnet", backbone_weights="imagenet21k")
