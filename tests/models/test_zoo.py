@@ -114,7 +114,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
-    expected |= {"ussfcnet", "dsamnet"}  # UCD registry models beyond its README table
+    expected |= {"ussfcnet", "dsamnet", "dsifn"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -215,7 +215,7 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
 UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
-    "ussfcnet": 1.449, "dsamnet": 16.165,
+    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360,
 })
 
 
@@ -258,6 +258,9 @@ def test_unused_published_layers_are_frozen_not_trained():
     dsam = tiny_model("dsamnet")  # UCD's main output is the layer2 head: the metric branch is never trained there
     assert not any(p.requires_grad for m in (dsam.backbone.layer4, dsam.decoder, dsam.cbam0, dsam.ds_lyr2)
                    for p in m.parameters())
+    dsifn = tiny_model("dsifn")  # UCD trains the finest map only; bn_ca1/2 and ca1 are never called
+    assert not any(p.requires_grad for m in (dsifn.ca1, dsifn.bn_ca2, dsifn.o1_conv3, dsifn.o4_conv4)
+                   for p in m.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
@@ -296,7 +299,7 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet", "dsamnet"])
+@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet", "dsamnet", "dsifn"])
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
