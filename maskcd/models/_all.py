@@ -16,3 +16,4 @@ from maskcd.models.zoo import hcgmnet  # noqa: F401
 from maskcd.models.zoo import ussfcnet  # noqa: F401
 from maskcd.models.zoo import dsamnet  # noqa: F401
 from maskcd.models.zoo import dsifn  # noqa: F401
+from maskcd.models.zoo import aernet  # noqa: F401

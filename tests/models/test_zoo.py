@@ -114,7 +114,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
-    expected |= {"ussfcnet", "dsamnet", "dsifn"}  # UCD registry models beyond its README table
+    expected |= {"ussfcnet", "dsamnet", "dsifn", "aernet"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -215,7 +215,7 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
 UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
-    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360,
+    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360, "aernet": 24.186,
 })
 
 
@@ -258,6 +258,9 @@ def test_unused_published_layers_are_frozen_not_trained():
     dsam = tiny_model("dsamnet")  # UCD's main output is the layer2 head: the metric branch is never trained there
     assert not any(p.requires_grad for m in (dsam.backbone.layer4, dsam.decoder, dsam.cbam0, dsam.ds_lyr2)
                    for p in m.parameters())
+    aer = tiny_model("aernet")  # the edge head only gates the refinement (detached); BAM's gamma is never used
+    assert not any(p.requires_grad for p in aer.decoder.classifier1.parameters())
+    assert not aer.decoder.bam.gamma.requires_grad
     dsifn = tiny_model("dsifn")  # UCD trains the finest map only; bn_ca1/2 and ca1 are never called
     assert not any(p.requires_grad for m in (dsifn.ca1, dsifn.bn_ca2, dsifn.o1_conv3, dsifn.o4_conv4)
                    for p in m.parameters())
@@ -353,3 +356,14 @@ def test_imagenet_backbone_offline_and_uncached_is_one_clear_error(tmp_path, mon
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="backbone_weights"):
         build_model("dsamnet", backbone_weights="imagenet21k")
+
+
+def test_aernet_change_prob_is_ucds_rule_on_the_raw_logit():
+    """AERNet's UCD output is a raw logit thresholded at 0.5: change_prob = sigmoid(z - 0.5)."""
+    model = tiny_model("aernet").eval()
+    a, b, _ = _pair(1, 64, 64, seed=6)
+    with torch.no_grad():
+        z = model.predict(a, b).logits[:, 0]
+        out = model(a, b)
+    torch.testing.assert_close(out.change_prob, torch.sigmoid(z - 0.5))
+    assert torch.equal(out.change_prob > 0.5, z > 0.5)
