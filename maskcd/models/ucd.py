@@ -55,6 +55,7 @@ UCD_PRESETS: dict[str, str] = {
     "DSAMNet": "dsamnet",
     "DSIFN": "dsifn",
     "FC-EF": "fc-ef",
+    "HANet": "hanet",
     "HCGMNet": "hcgmnet",
     "MSPSNet": "mspsnet",
     "MineNetCD": "minenetcd-swin-t",
