@@ -19,3 +19,4 @@ from maskcd.models.zoo import dsifn  # noqa: F401
 from maskcd.models.zoo import aernet  # noqa: F401
 from maskcd.models import ucd  # noqa: F401  (registers the UCD checkpoint loader)
 from maskcd.models.zoo import hanet  # noqa: F401
+from maskcd.models.zoo import swinsunet  # noqa: F401

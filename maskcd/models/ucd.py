@@ -62,6 +62,7 @@ UCD_PRESETS: dict[str, str] = {
     "ResUnet": "resunet",
     "SNUNet": "snunet",
     "SiamUnet_diff": "siamunet-diff",
+    "SwinSUnet": "swinsunet",
     "Tiny_CD": "tinycd",
     "USSFCNet": "ussfcnet",
     "siamunet_conc": "siamunet-conc",

@@ -56,6 +56,9 @@ def tiny_overrides(name: str) -> dict:
         return dict(filters=[8, 16, 32, 64, 128])
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
+    if arch == "swinsunet":  # shifted blocks in the encoder (stage 1) and decoder (stage 3); window 4 → 128 px
+        return dict(img_size=128, embed_dim=24, depths=[2, 1, 1, 1], num_heads=[1, 2, 4, 8], up_depths=[1, 1, 2],
+                    up_num_heads=[4, 2, 1], window_size=4)
     return {}
 
 
@@ -114,7 +117,7 @@ def _pair(batch: int, h: int, w: int, seed: int = 0):
 def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
-    expected |= {"ussfcnet", "dsamnet", "dsifn", "aernet", "hanet"}  # UCD registry models beyond its README table
+    expected |= {"ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -215,7 +218,7 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "changeformer": 39.13, "a2net": 3.60, "tinycd": 0.27, "dminet": 6.44, "mspsnet": 2.11, "resunet": 12.59, "cgnet": 37.18, "hcgmnet": 45.13, "minenetcd-swin-t": 57.81,
 }
 UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
-    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360, "aernet": 24.186, "hanet": 2.889,
+    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360, "aernet": 24.186, "hanet": 2.889, "swinsunet": 41.560,
 })
 
 
@@ -262,6 +265,8 @@ def test_unused_published_layers_are_frozen_not_trained():
     assert not any(p.requires_grad for p in aer.decoder.classifier1.parameters())
     assert not aer.decoder.bam.gamma.requires_grad
     assert not any(p.requires_grad for p in tiny_model("hanet").c1_conv.parameters())
+    swin = tiny_model("swinsunet")
+    assert not any(p.requires_grad for stage in swin.layers[4:] for p in stage.lc.parameters())
     dsifn = tiny_model("dsifn")  # UCD trains the finest map only; bn_ca1/2 and ca1 are never called
     assert not any(p.requires_grad for m in (dsifn.ca1, dsifn.bn_ca2, dsifn.o1_conv3, dsifn.o4_conv4)
                    for p in m.parameters())
