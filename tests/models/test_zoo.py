@@ -3,7 +3,8 @@
 The battery builds each preset with small overrides (``tiny_overrides``: narrower backbones, fewer layers) so that it
 runs in about a minute on two CPU cores; the overrides change widths/depths, never the wiring or the loss. Presets of
 architectures that are small or have no width option (FC-EF, the Siam U-Nets, BIT, A2Net, TinyCD, DMINet, MSPSNet,
-CGNet, HCGMNet) run at full size, on 32²–64² inputs. Presets whose tiny variants are the same network (MineNetCD
+CGNet, HCGMNet, USSFCNet, DSAMNet, DSIFN, AERNet, HANet) run at full size, on 32²–64² inputs (AERNet pads to 64;
+SwinSUNet runs a narrow variant with window 4, padded to 128). Presets whose tiny variants are the same network (MineNetCD
 Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD presets with the same head size) share one
 representative (``battery_presets``); every preset is mapped to one, and
 every preset's full-size build is checked on the meta device.
@@ -308,7 +309,10 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "ussfcnet", "dsamnet", "dsifn"])
+TRAIN_SMOKE = ["tinycd", "minenetcd-tiny", "ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"]
+
+
+@pytest.mark.parametrize("name", TRAIN_SMOKE)
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
