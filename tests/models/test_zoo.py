@@ -377,3 +377,13 @@ def test_aernet_change_prob_is_ucds_rule_on_the_raw_logit():
         out = model(a, b)
     torch.testing.assert_close(out.change_prob, torch.sigmoid(z - 0.5))
     assert torch.equal(out.change_prob > 0.5, z > 0.5)
+
+
+def test_maskcd_models_lists_the_ucd_registry_models_with_ucds_counts(capsys):
+    """UCD's registry models beyond its README table, with the original code's parameter counts (ORACLE_STATUS.md)."""
+    from maskcd.cli.models import main
+
+    assert main(["ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"]) == 0
+    out = capsys.readouterr().out
+    for mebi in ("1.45 Mi", "16.17 Mi", "48.36 Mi", "24.19 Mi", "2.89 Mi", "41.56 Mi"):
+        assert mebi in out
