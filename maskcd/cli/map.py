@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
     p.add_argument("after", nargs="?", help="later image (warped onto the before grid)")
     p.add_argument("-o", "--output", required=True, help="GeoPackage to write")
-    p.add_argument("--model", help="preset, model folder or Hub id (default from maskcd/configs/map.yaml)")
+    p.add_argument("--model", help="preset, task alias (mining, buildings, landslides, cropland, urban), model folder or Hub id "
+                   "(default from maskcd/configs/map.yaml: mining)")
     p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
     p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
     p.add_argument("--batch-size", type=int, help="windows per forward pass")

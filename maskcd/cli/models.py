@@ -1,4 +1,4 @@
-"""``maskcd-models``: print the model registry with parameter counts."""
+"""``maskcd-models``: print the model registry with parameter counts (``--published``: the task aliases)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,24 @@ import torch
 
 from maskcd.cli import one_line_errors
 from maskcd.models import build_model, count_parameters, list_models
-from maskcd.models.registry import preset_info
+from maskcd.models.registry import preset_info, task_aliases
 
 
 @one_line_errors("maskcd-models")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maskcd-models", description="List registered change-detection models.")
     parser.add_argument("names", nargs="*", help="only these presets (default: all)")
+    parser.add_argument("--published", action="store_true",
+                        help="list the task aliases (--model mining, ...) with their Hub ids and source table rows")
     args = parser.parse_args(argv)
+    if args.published:
+        aliases = task_aliases()
+        width = max([len(a) for a in aliases] + [5])
+        hub = max([len(a.hub_id) for a in aliases.values()] + [6])
+        print(f"{'alias'.ljust(width)}  {'hub id'.ljust(hub)}  source")
+        for alias in aliases.values():
+            print(f"{alias.name.ljust(width)}  {alias.hub_id.ljust(hub)}  {alias.source}")
+        return 0
     names = args.names or list_models()
     rows = []
     for name in names:

@@ -14,7 +14,7 @@ class MapOptions:
     """Settings of one ``maskcd-map`` run; ``--config`` YAML files use the same keys.
 
     Args:
-        model: Preset name, model folder or Hub id.
+        model: Preset name, task alias (``mining``, ``buildings``, ...), model folder or Hub id.
         tile: Window size in pixels (``None``: the model's native tile size).
         overlap: Overlap between windows in pixels (an int ≥ 1) or as a fraction of the tile (a float < 1).
         batch_size: Windows per forward pass.
@@ -32,7 +32,7 @@ class MapOptions:
         layer: GeoPackage layer name.
     """
 
-    model: str = "ericyu/MaskCD_LEVIRCD_Cropped256"
+    model: str = "mining"
     tile: int | None = None
     overlap: float = 0.25
     batch_size: int = 8

@@ -7,8 +7,10 @@
       description: one line for maskcd-models
       config: {...}                 # keyword arguments of the architecture's config builder
 
-* :func:`load_model` accepts a preset name, a folder saved by maskcd, a folder in a published legacy format
-  (detected by registered *legacy loaders*) or a Hub id.
+* A **task alias** (``maskcd/configs/aliases.yaml``: ``mining``, ``buildings``, ``landslides``, ``cropland``,
+  ``urban``) names the best published checkpoint (a Hub id) for that job; :func:`task_aliases` lists them.
+* :func:`load_model` accepts a preset name, a task alias, a folder saved by maskcd, a folder in a published legacy
+  format (detected by registered *legacy loaders*) or a Hub id.
 """
 
 from __future__ import annotations
@@ -126,6 +128,30 @@ def build_model(name: str, **overrides):
     return arch.model_cls(config)
 
 
+@dataclass(frozen=True)
+class TaskAlias:
+    """A task alias: the published checkpoint chosen for a job and the result-table row the choice rests on."""
+
+    name: str
+    hub_id: str
+    source: str
+
+
+@lru_cache(maxsize=None)
+def _read_aliases(path: str) -> tuple[TaskAlias, ...]:
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return tuple(TaskAlias(name, entry["hub_id"], entry.get("source", "")) for name, entry in data.items())
+
+
+def task_aliases() -> dict[str, TaskAlias]:
+    """``{alias: TaskAlias}`` from ``aliases.yaml`` in :func:`config_dir` (empty when the file is absent)."""
+    path = config_dir() / "aliases.yaml"
+    if not path.is_file():
+        return {}
+    return {a.name: a for a in _read_aliases(str(path))}
+
+
 def _is_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
@@ -156,7 +182,7 @@ def _download(repo_id: str) -> Path:
 
 
 def load_model(name_or_path: str | os.PathLike, **kwargs):
-    """Load a model from a preset name, a local folder (maskcd or published legacy format) or a Hub id.
+    """Load a model from a preset name, a task alias, a local folder (maskcd or published legacy format) or a Hub id.
 
     Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only.
     """
@@ -164,12 +190,16 @@ def load_model(name_or_path: str | os.PathLike, **kwargs):
     text = str(name_or_path)
     if text in _presets():
         return build_model(text, **kwargs)
+    alias = task_aliases().get(text)
+    if alias is not None and not Path(text).exists():
+        logger.info("task alias %r -> %s", text, alias.hub_id)
+        text = alias.hub_id
     folder = Path(text).expanduser()
     if not folder.exists():
         if not _is_hub_id(text):
             raise ModelNotFoundError(
-                f"model {text!r} is neither a preset ({', '.join(list_models())}), an existing folder, nor a Hub id "
-                f"(owner/name)"
+                f"model {text!r} is neither a preset ({', '.join(list_models())}), a task alias "
+                f"({', '.join(task_aliases())}), an existing folder, nor a Hub id (owner/name)"
             )
         folder = _download(text)
     if not folder.is_dir() or not (folder / "config.json").is_file():

@@ -108,7 +108,67 @@ _DAUDT_RULES = [
     (r"^bn(\d)(\d)d\.", lambda m: f"decoder.levels.{4 - int(m[1])}.{_DAUDT_DEPTHS[int(m[1]) - 1] - int(m[2])}.1."),
 ]
 
+# CGNet and HCGMNet (same authors) share the VGG16-BN encoder split into inc/down1-4 and BasicConv2d(conv, bn) blocks.
+_CGM_COMMON = [
+    (r"^inc\.", "encoder.0."),
+    (r"^down(\d)\.", r"encoder.\1."),
+    (r"^conv_reduce_(\d)\.", lambda m: f"conv_reduce.{int(m[1]) - 1}."),
+    (r"^cgm_(\d)\.", lambda m: f"cgm.{int(m[1]) - 2}."),
+]
+_CONV_BN = [(r"\.conv\.", ".0."), (r"\.bn\.", ".1.")]
+
+
+
+def _a2net_scale(m: re.Match) -> str:
+    # swa.conv_scale<S>_c<c>: level c resampled to scale S; the lower level goes through a max-pool first (index 0)
+    scale, level, index = int(m[1]), int(m[2]), int(m[3])
+    i = level - max(2, scale - 1)
+    if level == scale - 1:
+        return f"aggregation.s{scale}.{i}.1.{index - 1}."
+    return f"aggregation.s{scale}.{i}.0.{index}."
+
+
 _KEY_RULES: dict[str, list[tuple[str, str | Callable[[re.Match], str]]]] = {
+    "A2Net": [
+        (r"^swa\.conv_scale(\d)_c(\d)\.(\d)\.", _a2net_scale),
+        (r"^swa\.conv_aggregation_s(\d)\.conv_fuse\.(\d)\.",
+         lambda m: f"aggregation.f{m[1]}.conv_fuse.{ {'0': '0.0', '1': '0.1', '3': '1', '4': '2'}[m[2]] }."),
+        (r"^swa\.conv_aggregation_s(\d)\.conv_identity\.", r"aggregation.f\1.conv_identity."),
+        (r"^tfm\.tffm_x(\d)\.conv_", lambda m: f"temporal.{int(m[1]) - 2}."),
+        (r"^decoder\.sam_p(\d)\.", lambda m: f"sam.{5 - int(m[1])}."),
+        (r"^decoder\.conv_p(\d)\.", lambda m: f"conv_p.{4 - int(m[1])}."),
+        (r"^decoder\.cls\.", "cls."),
+    ],
+    "CGNet": _CGM_COMMON + [
+        (r"^up_layer(\d)\.", lambda m: f"unused.{4 - int(m[1])}."),  # built but never called
+    ] + _CONV_BN,
+    "HCGMNet": _CGM_COMMON + [
+        (r"^up_layer(\d)\.", lambda m: f"up_layers.{int(m[1]) - 2}."),
+        (r"^deocde", "decode"),
+    ] + _CONV_BN,
+    "ChangeFormer": [
+        (r"^Tenc_x2\.patch_embed(\d)\.", lambda m: f"encoder.patch_embeds.{int(m[1]) - 1}."),
+        (r"^Tenc_x2\.block(\d)\.", lambda m: f"encoder.stages.{int(m[1]) - 1}."),
+        (r"^Tenc_x2\.norm(\d)\.", lambda m: f"encoder.norms.{int(m[1]) - 1}."),
+        (r"\.mlp\.dwconv\.dwconv\.", ".mlp.dwconv."),
+        (r"^TDec_x2\.linear_c(\d)\.proj\.", lambda m: f"decoder.linear.{int(m[1]) - 1}."),
+        (r"^TDec_x2\.diff_c(\d)\.", lambda m: f"decoder.diff.{int(m[1]) - 1}."),
+        (r"^TDec_x2\.make_pred_c(\d)\.", lambda m: f"decoder.pred.{int(m[1]) - 1}."),
+        (r"^TDec_x2\.(dense_[12]x)\.0\.(conv[12])\.conv2d\.", r"decoder.\1.\2."),
+        (r"^TDec_x2\.(\w+)\.conv2d\.", r"decoder.\1."),
+        (r"^TDec_x2\.", "decoder."),
+    ],
+    "DMINet": [
+        (r"^cross(\d)\.", lambda m: f"cross.{int(m[1]) - 2}."),
+        (r"^Translayer(\d)_(\d)\.conv\.", lambda m: f"trans_{('sum', 'diff')[int(m[2]) - 1]}.{int(m[1]) - 2}.0."),
+        (r"^Translayer(\d)_(\d)\.bn\.", lambda m: f"trans_{('sum', 'diff')[int(m[2]) - 1]}.{int(m[1]) - 2}.1."),
+        (r"^fam(32|43)_(\d)\.", lambda m: f"agg_{('sum', 'diff')[int(m[2]) - 1]}.{('32', '43').index(m[1])}."),
+        (r"^(final|final2|final_2|final2_2)\.", lambda m: {"final": "head_sum.", "final2": "head_diff.",
+                                                            "final_2": "head_sum_8.", "final2_2": "head_diff_8."}[m[1]]),
+        (r"^(head_\w+)\.0\.conv\.", r"\1.0."),
+        (r"^(head_\w+)\.0\.bn\.", r"\1.1."),
+        (r"^(head_\w+)\.1\.conv\.", r"\1.3."),
+    ],
     "FC-EF": _DAUDT_RULES,
     "siamunet_conc": _DAUDT_RULES,
     "SiamUnet_diff": _DAUDT_RULES,
@@ -121,6 +181,27 @@ _KEY_RULES: dict[str, list[tuple[str, str | Callable[[re.Match], str]]]] = {
         (r"^(encoder|decoder)\.(\d+)\.1\.fn\.norm\.", r"\1.\2.norm2."),
         (r"^(encoder|decoder)\.(\d+)\.1\.fn\.fn\.net\.0\.", r"\1.\2.ff.0."),
         (r"^(encoder|decoder)\.(\d+)\.1\.fn\.fn\.net\.3\.", r"\1.\2.ff.2."),
+    ],
+    "MSPSNet": [
+        (r"^conv0_0\.", "stem."),
+        (r"^conv([0245])\.", lambda m: f"cells.{'0245'.index(m[1])}."),
+        (r"^conv6_(\d)_(\d)\.", lambda m: f"fusion.{int(m[1]) - 1}.branches.{int(m[2]) - 1}."),
+        (r"^conv(\d)_1\.", lambda m: f"fusion.{int(m[1]) - 1}.fuse."),
+        (r"^cam_attention_(\d)\.attn\.", lambda m: f"fusion.{int(m[1]) - 1}.cam."),
+        (r"^c(\d)_conv\.", lambda m: f"unused.{4 - int(m[1])}."),  # built but never called
+    ],
+    "ResUnet": [
+        (r"^input_skip\.0\.", "input_skip."),
+        (r"^residual_conv_(\d)\.", lambda m: f"down.{int(m[1]) - 1}."),
+        (r"^upsample_(\d)\.upsample\.", lambda m: f"upsample.{int(m[1]) - 1}."),
+        (r"^up_residual_conv5\.", "last_unit."),
+        (r"^up_residual_conv(\d)\.", lambda m: f"up_units.{int(m[1]) - 1}."),
+        (r"^output_layer\.0\.", "output_layer."),
+    ],
+    "Tiny_CD": [
+        (r"^_mixing_mask\.2\._convmix\.", "last_mix.convmix."),
+        (r"\._linears\.", "."),
+        (r"(^|\.)_", r"\1"),
     ],
     "SNUNet": [
         (r"^Up(\d)_(\d)\.up\.", r"up\1_\2."),

@@ -105,11 +105,13 @@ def test_bad_config_key(tmp_path, scene_pair, capsys):
     assert_one_line_error(capsys, rc, cfg, "tilesize")
 
 
-def test_default_model_is_the_published_maskcd_id():
+def test_default_model_is_the_mining_task_alias():
     from maskcd.cli.map import build_parser, resolve_options
+    from maskcd.models.registry import task_aliases
 
     opts = resolve_options(build_parser().parse_args(["a.tif", "b.tif", "-o", "o.gpkg"]))
-    assert opts.model == "ericyu/MaskCD_LEVIRCD_Cropped256"
+    assert opts.model == "mining"
+    assert task_aliases()["mining"].hub_id == "HZDR-FWGEL/UCD-MNCD256-ChangeFFT"
     assert opts.overlap == 0.25 and opts.blend == "cosine"
 
 

@@ -34,18 +34,7 @@ SIZES: dict[str, tuple[int, ...]] = {"MSPSNet": (256,), "AERNet": (256,), "HANet
 DEFAULT_SIZES = (64, 96)
 
 # Temporarily known deviations (measured max abs diff in the reason); empty when every method is at parity.
-KNOWN_DEVIATIONS: dict[str, str] = {
-    "A2Net": "key layout not mapped yet",
-    "BIT": "layer3 dilated: max abs diff 0.115 at 64px",
-    "CGNet": "key layout not mapped yet",
-    "ChangeFormer": "key layout not mapped yet",
-    "DMINet": "key layout not mapped yet",
-    "HCGMNet": "key layout not mapped yet",
-    "MSPSNet": "key layout not mapped yet",
-    "ResUnet": "key layout not mapped yet",
-    "SNUNet": "max abs diff 14.1 (scale 54.8) at 64px",
-    "Tiny_CD": "key layout not mapped yet",
-}
+KNOWN_DEVIATIONS: dict[str, str] = {}
 
 BOUNDARY = 1e-4
 TOLERANCE = 1e-5
@@ -113,9 +102,15 @@ def _compare(oracle, name: str, model, refs) -> list[str]:
         if diff > TOLERANCE * scale:
             problems.append(f"{size}px: max abs diff {diff:.3g} (scale {scale:.3g})")
         theirs_map = oracle.original_change_map(name, ref)
-        differ = (ucd_change_map(ours) != theirs_map) & (_margin(ref) > BOUNDARY)
+        sure = _margin(ref) > BOUNDARY
+        differ = (ucd_change_map(ours) != theirs_map) & sure
         if differ.any():
             problems.append(f"{size}px: {int(differ.sum())} change-map pixels differ away from the boundary")
+        with torch.no_grad():  # the public prediction: change_prob > 0.5 must be UCD's change map
+            prob = model(spec.normalize(a * 255), spec.normalize(b * 255)).change_prob
+        differ = ((prob > 0.5).long() != theirs_map) & sure
+        if differ.any():
+            problems.append(f"{size}px: change_prob > 0.5 differs from UCD's map at {int(differ.sum())} pixels")
     return problems
 
 
@@ -134,6 +129,12 @@ def test_ucd_checkpoint_loads_and_matches_the_original(name, oracle, tmp_path):
         model = load_model(tmp_path / name)
     assert not model.training
     assert model.config.ucd_model_name == name
+    spec = model.inference_spec
+    if name == "MineNetCD":  # UCD's MineNetCD config normalises with the ADE mean/std
+        assert spec.image_mean == pytest.approx(oracle.ADE_MEAN) and spec.image_std == pytest.approx(oracle.ADE_STD)
+    else:  # ToTensor only
+        assert spec.image_mean == (0.0, 0.0, 0.0) and spec.image_std == (1.0, 1.0, 1.0)
+    assert spec.value_scale == 255.0
     problems = _compare(oracle, name, model, refs)
     assert not problems, f"{name} ({UCD_PRESETS[name]}) differs from the original: {'; '.join(problems)}"
 
@@ -196,3 +197,42 @@ def test_loaded_ucd_model_saves_in_our_format_and_reloads_bit_for_bit(oracle, tm
     sd, sd2 = model.state_dict(), again.state_dict()
     assert list(sd) == list(sd2)
     assert all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+def test_maskcd_map_runs_a_ucd_checkpoint_folder_end_to_end(oracle, tmp_path, geotiff_writer, capsys):
+    """``maskcd-map`` with an oracle-written UCD folder writes a valid GeoPackage, and its mask is UCD's change map
+    for the same 8-bit pixels (one 64² window: no blending)."""
+    import numpy as np
+    import pyogrio
+    import rasterio
+
+    from maskcd.cli.map import main
+
+    name = "FC-EF"
+    folder = tmp_path / "ucd"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        original = oracle.build_original(name, seed=3)
+        oracle.save_ucd_checkpoint(original, name, folder)
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    b = a.copy()
+    b[:, 10:40, 20:50] = rng.integers(0, 256, (3, 30, 30), dtype=np.uint8)
+    pa, pb = geotiff_writer(tmp_path / "a.tif", a), geotiff_writer(tmp_path / "b.tif", b)
+    out = tmp_path / "changes.gpkg"
+    rc = main([str(pa), str(pb), "-o", str(out), "--model", str(folder), "--tile", "64", "--overlap", "0",
+               "--device", "cpu", "--workers", "0", "-q"])
+    assert rc == 0, capsys.readouterr().err
+    info = pyogrio.read_info(out, layer="changes")
+    assert info["crs"].endswith("32633") and info["geometry_type"] in ("Polygon", "MultiPolygon")
+    assert info["features"] > 0
+    ta, tb = (torch.from_numpy(x.astype(np.float32) / 255.0)[None] for x in (a, b))
+    ref = oracle.original_predictions(original, ta, tb, name=name)
+    expected = oracle.original_change_map(name, ref)[0].numpy()
+    with rasterio.open(out.with_name("changes_change_mask.tif")) as ds:
+        mask = ds.read(1)
+    # the mapping pipeline stores window probabilities as float16 (spacing 2^-11 near 0.5): pixels whose softmax gap is
+    # below 2e-3 may round onto the threshold
+    sure = (_margin(ref) > 2e-3)[0].numpy()
+    assert 0 < expected.sum() < expected.size  # both classes present
+    np.testing.assert_array_equal((mask[sure] > 0).astype(np.int64), expected[sure])

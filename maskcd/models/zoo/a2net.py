@@ -10,9 +10,16 @@ goes coarse to fine; at levels 1/32, 1/16 and 1/8 a Supervised Attention Module 
 re-weights the features by ``conv([σ(mask), 1 - σ(mask)])`` and refines them; the 1/4 level is classified by a 1×1 conv.
 The four masks are bilinearly upsampled to the input size.
 
-The main output is the finest mask (stride 4), as in the paper; the UCD wrapper returned the stride-32 mask as its
-"main prediction", which maskcd does not follow. Loss: binary cross-entropy (sigmoid outputs) on all four masks,
-summed (deep supervision), 255 ignored.
+Two recipes (``recipe``):
+
+* ``"ucd"`` (default): as UCD trains and tests it. UCD's wrapper returns the **stride-32** mask (upsampled ×32, sigmoid)
+  as ``main_predictions`` and computes its BCE loss and change map from it alone, so that mask is the prediction and
+  the only loss term. Only the coarsest path reaches it (backbone, level-5 aggregation, level-5 temporal fusion and the
+  first attention module's mask conv); the rest is kept for the published layout, frozen and not computed.
+* ``"authors"``: the paper's recipe: prediction from the finest mask (stride 4), binary cross-entropy on all four
+  masks, summed (deep supervision).
+
+255 is ignored.
 
 Parameter count: UCD's 3.60 M (2^20 units) is reached only by counting MobileNetV2's final 1×1 conv (320 → 1280),
 which the released backbone instantiates but never calls (it has no classifier). maskcd keeps that conv frozen
@@ -42,11 +49,16 @@ class A2NetConfig(PreTrainedConfig):
     Args:
         width: Channels after aggregation and temporal fusion (64; the per-neighbour branches use half).
         keep_unused_backbone_layers: Keep MobileNetV2's never-called last 1×1 conv (frozen), as released.
+        recipe: ``"ucd"`` (default: stride-32 mask as prediction and loss, as UCD) or ``"authors"`` (stride-4 mask,
+            deep supervision on all four).
     """
 
     model_type = "maskcd-a2net"
 
-    def __init__(self, width: int = 64, keep_unused_backbone_layers: bool = True, **kwargs):
+    def __init__(self, width: int = 64, keep_unused_backbone_layers: bool = True, recipe: str = "ucd", **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"A2Net recipe must be 'ucd' or 'authors', got {recipe!r}")
+        self.recipe = recipe
         self.width = width
         self.keep_unused_backbone_layers = keep_unused_backbone_layers
         super().__init__(**kwargs)
@@ -162,17 +174,35 @@ class A2Net(ZooModel):
         self.freeze_unused()
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.backbone.features[18]] if self.config.keep_unused_backbone_layers else []
+        frozen = [self.backbone.features[18]] if self.config.keep_unused_backbone_layers else []
+        if self.config.recipe == "ucd":  # cannot reach the stride-32 mask
+            agg = self.aggregation
+            frozen += [agg.s2, agg.f2, agg.s3, agg.f3, agg.s4, agg.f4, self.temporal[0], self.temporal[1],
+                       self.temporal[2], self.sam[0].conv_context, self.sam[0].conv2, self.sam[1], self.sam[2],
+                       self.conv_p, self.cls]
+        return frozen
 
-    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _backbone(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
         for start, stop in BACKBONE_SLICES:
             for i in range(start, stop):
                 x = self.backbone.features[i](x)
             out.append(x)
-        return self.aggregation(*out[1:])
+        return out
+
+    def _levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.aggregation(*self._backbone(x)[1:])
+
+    def _level5(self, x: torch.Tensor) -> torch.Tensor:
+        *_, c4, c5 = self._backbone(x)
+        agg = self.aggregation
+        return agg.f5(torch.cat([agg.s5[0](c4), agg.s5[1](c5)], 1), c5)
 
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
+        if self.config.recipe == "ucd":
+            mask5 = self.sam[0].cls(self.temporal[3](self._level5(image_a), self._level5(image_b)))
+            up = F.interpolate(mask5, size=image_a.shape[-2:], mode="bilinear", align_corners=False)
+            return ZooPrediction(up)
         c2, c3, c4, c5 = (t(a, b) for t, a, b in zip(self.temporal, self._levels(image_a), self._levels(image_b)))
         p, mask5 = self.sam[0](c5)
         masks = [mask5]
@@ -187,6 +217,8 @@ class A2Net(ZooModel):
         return ZooPrediction(masks[-1], aux=masks[:-1])
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.recipe == "ucd":
+            return bce_loss(prediction.logits, labels)
         return sum(bce_loss(m, labels) for m in [prediction.logits, *prediction.aux])
 
 

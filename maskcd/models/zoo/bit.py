@@ -1,8 +1,8 @@
 """BIT, the Bitemporal Image Transformer (Chen, Qi, Shi, IEEE TGRS 2021, "Remote sensing image change detection
 with transformers").
 
-Per date, a ResNet-18 (torchvision; ``layer3`` dilated instead of strided, ``layer4`` dropped, as the authors'
-``resnet_stages_num = 4``) gives 1/8-resolution features, upsampled ×2 (nearest) and projected to 32 channels (3×3
+Per date, a ResNet-18 (torchvision; ``layer3`` at stride 1 instead of 2 and **not** dilated, ``layer4`` dropped, as the
+authors' ``resnet_stages_num = 4``) gives 1/8-resolution features, upsampled ×2 (nearest) and projected to 32 channels (3×3
 conv). A semantic tokenizer (1×1 conv → spatial softmax) pools each date into ``token_len`` tokens; the ``2 ×
 token_len`` tokens plus a learned position embedding go through a transformer encoder (pre-norm; 8 heads ×
 ``dim_head`` 64; MLP 2 × 32, GELU); each date's pixels then query its refined tokens in a transformer decoder
@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock, ResNet, conv3x3
+from torchvision.models.resnet import BasicBlock, ResNet
 from transformers import PreTrainedConfig
 
 from maskcd.models.registry import register_architecture
@@ -58,20 +58,22 @@ class BITConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
 
-class DilatedBasicBlock(BasicBlock):
-    """torchvision's ResNet basic block with dilation allowed (BIT's own ``resnet.py`` dilates ``layer3``/``layer4``)."""
+class UndilatedBasicBlock(BasicBlock):
+    """torchvision's ResNet basic block that accepts a dilation request and ignores it.
+
+    BIT asks its ResNet-18 for ``replace_stride_with_dilation=[False, True, True]``, but the basic block of its
+    ``resnet.py`` resets any dilation to 1: ``layer3``/``layer4`` lose their stride and keep plain 3×3 convolutions.
+    (Dilating them instead changes UCD BIT's logits by up to 0.15 with its published weights.)
+    """
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  norm_layer=None):
         super().__init__(inplanes, planes, stride, downsample, groups, base_width, 1, norm_layer)
-        if dilation > 1:
-            self.conv1 = conv3x3(inplanes, planes, stride, dilation=dilation)
-            self.conv2 = conv3x3(planes, planes, dilation=dilation)
 
 
-def resnet18_dilated(in_channels: int = 3) -> ResNet:
-    """ResNet-18 with ``layer3``/``layer4`` dilated instead of strided (random weights: nothing is downloaded)."""
-    net = ResNet(DilatedBasicBlock, [2, 2, 2, 2], replace_stride_with_dilation=[False, True, True])
+def resnet18_stride8(in_channels: int = 3) -> ResNet:
+    """ResNet-18 whose ``layer3``/``layer4`` keep stride 1, undilated (random weights: nothing is downloaded)."""
+    net = ResNet(UndilatedBasicBlock, [2, 2, 2, 2], replace_stride_with_dilation=[False, True, True])
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     return net
@@ -148,7 +150,7 @@ class BIT(ZooModel):
     def __init__(self, config: BITConfig):
         super().__init__(config)
         dim = 32
-        self.resnet = resnet18_dilated(self.num_bands)
+        self.resnet = resnet18_stride8(self.num_bands)
         if not config.keep_unused_resnet_layers:
             self.resnet.layer4 = nn.Identity()
             self.resnet.fc = nn.Identity()
@@ -178,7 +180,7 @@ class BIT(ZooModel):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         r = self.resnet
         x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
-        x = r.layer3(r.layer2(r.layer1(x)))  # 1/8 (layer3 dilated)
+        x = r.layer3(r.layer2(r.layer1(x)))  # 1/8 (layer3 at stride 1)
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         return self.conv_pred(x)
 

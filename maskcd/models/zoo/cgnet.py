@@ -10,8 +10,9 @@ added back with a zero-initialised γ — refines the features, which are upsamp
 concatenated with the next level and fused (3×3 conv-BN-ReLU); the stride-2 result is classified (3×3 conv-BN-ReLU to
 64, 1×1 conv to 1) and upsampled to the input size.
 
-Loss: binary cross-entropy (sigmoid outputs) on the final map plus on the change prior (deep supervision), 255
-ignored. The released code also declares three 3×3 conv blocks (``up_layer2..4``) that CGNet's forward never calls;
+Loss (``recipe``): ``"ucd"`` (default) binary cross-entropy (sigmoid outputs) on the final map only, as UCD trains it
+(its loss reads ``main_predictions`` alone; the prior still learns through the guidance); ``"authors"`` adds the BCE
+on the change prior (the authors' deep supervision). 255 ignored. The released code also declares three 3×3 conv blocks (``up_layer2..4``) that CGNet's forward never calls;
 UCD's 37.18 M (2^20 units) counts them, so maskcd keeps them frozen (``keep_unused_layers: false`` drops them).
 Inputs are padded to a multiple of 16.
 """
@@ -43,11 +44,15 @@ class CGNetConfig(PreTrainedConfig):
 
     Args:
         keep_unused_layers: Keep the released code's never-called ``up_layer2..4`` blocks (frozen).
+        recipe: ``"ucd"`` (default: BCE on the final map, as UCD) or ``"authors"`` (plus BCE on the change prior).
     """
 
     model_type = "maskcd-cgnet"
 
-    def __init__(self, keep_unused_layers: bool = True, **kwargs):
+    def __init__(self, keep_unused_layers: bool = True, recipe: str = "ucd", **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"CGNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+        self.recipe = recipe
         self.keep_unused_layers = keep_unused_layers
         super().__init__(**kwargs)
 
@@ -130,7 +135,8 @@ class CGNet(VGGChangeGuideMixin, ZooModel):
         return ZooPrediction(final, aux=[prior])
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
-        return bce_loss(prediction.logits, labels) + bce_loss(prediction.aux[0], labels)
+        loss = bce_loss(prediction.logits, labels)
+        return loss + bce_loss(prediction.aux[0], labels) if self.config.recipe == "authors" else loss
 
 
 register_architecture("cgnet", CGNet, config_builder(CGNetConfig))

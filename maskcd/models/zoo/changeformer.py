@@ -10,8 +10,11 @@ module on their concatenation (3×3 conv → ReLU → BN → 3×3 conv → ReLU)
 per-stage prediction head (deep supervision), fusion of the four upsampled differences (1×1 conv + BN), two ×2
 transposed-conv upsamplings each followed by a residual block (scaled by 0.1), and a 3×3 classifier to 2 classes.
 
-Loss: the authors' multi-scale training: Σ_i w_i · CE(pred_i, labels nearest-resized to pred_i), weights
-``multi_pred_weights`` = (0.5, 0.5, 0.5, 0.8, 1.0) from coarsest to full resolution; 255 ignored. Inputs are padded to a
+Loss (``recipe``): ``"ucd"`` (default) cross-entropy on the full-resolution output only, as UCD trains it (UCD's
+ChangeFormerV6 returns only that output as ``main_predictions``); the four per-stage prediction heads are then kept
+for the published layout, frozen and not computed. ``"authors"``: the authors' multi-scale training,
+Σ_i w_i · CE(pred_i, labels nearest-resized to pred_i), weights ``multi_pred_weights`` = (0.5, 0.5, 0.5, 0.8, 1.0)
+from coarsest to full resolution. 255 ignored. Inputs are padded to a
 multiple of 32. No ImageNet-pretrained MiT weights (nothing is downloaded): the encoder uses the authors' init
 (truncated normal 0.02 for linear layers, He fan-out normal for convs), the decoder PyTorch defaults.
 """
@@ -44,7 +47,8 @@ class ChangeFormerConfig(PreTrainedConfig):
         drop_rate: Dropout of projections / MLPs (0.1).
         attn_drop_rate: Attention dropout (0.1).
         drop_path_rate: Maximum stochastic depth, linearly increasing over blocks (0.1).
-        multi_pred_weights: Loss weights of the 5 predictions, coarsest first.
+        multi_pred_weights: Loss weights of the 5 predictions, coarsest first (``recipe: authors``).
+        recipe: ``"ucd"`` (default: CE on the final output, as UCD) or ``"authors"`` (multi-scale loss).
     """
 
     model_type = "maskcd-changeformer"
@@ -52,7 +56,10 @@ class ChangeFormerConfig(PreTrainedConfig):
     def __init__(self, embed_dims=(64, 128, 320, 512), depths=(3, 3, 4, 3), num_heads=(1, 2, 4, 8),
                  sr_ratios=(8, 4, 2, 1), mlp_ratio: float = 4.0, patch_size: int = 7, embed_dim: int = 256,
                  drop_rate: float = 0.1, attn_drop_rate: float = 0.1, drop_path_rate: float = 0.1,
-                 multi_pred_weights=(0.5, 0.5, 0.5, 0.8, 1.0), **kwargs):
+                 multi_pred_weights=(0.5, 0.5, 0.5, 0.8, 1.0), recipe: str = "ucd", **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"ChangeFormer recipe must be 'ucd' or 'authors', got {recipe!r}")
+        self.recipe = recipe
         self.embed_dims = list(embed_dims)
         self.depths = list(depths)
         self.num_heads = list(num_heads)
@@ -214,7 +221,7 @@ class Decoder(nn.Module):
         b, _, h, w = x.shape
         return self.linear[i](x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 
-    def forward(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(self, feats_a: list[torch.Tensor], feats_b: list[torch.Tensor], heads: bool = True) -> list[torch.Tensor]:
         outputs, ups = [], []
         size1 = feats_a[0].shape[-2:]
         prev = None
@@ -222,7 +229,8 @@ class Decoder(nn.Module):
             d = self.diff[i](torch.cat([self._project(i, feats_a[i]), self._project(i, feats_b[i])], dim=1))
             if prev is not None:
                 d = d + F.interpolate(prev, size=d.shape[-2:], mode="bilinear", align_corners=False)
-            outputs.append(self.pred[i](d))
+            if heads:
+                outputs.append(self.pred[i](d))
             ups.append(F.interpolate(d, size=size1, mode="bilinear", align_corners=False) if i else d)
             prev = d
         x = self.linear_fuse(torch.cat(ups, dim=1))
@@ -242,6 +250,7 @@ class ChangeFormer(ZooModel):
         self.encoder = Encoder(config, self.num_bands)
         self.decoder = Decoder(config.embed_dims, config.embed_dim)
         self.post_init()
+        self.freeze_unused()
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -256,10 +265,16 @@ class ChangeFormer(ZooModel):
             nn.init.zeros_(module.bias)
 
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
-        outputs = self.decoder(self.encoder(image_a), self.encoder(image_b))
+        heads = self.config.recipe == "authors"
+        outputs = self.decoder(self.encoder(image_a), self.encoder(image_b), heads=heads)
         return ZooPrediction(outputs[-1], aux=outputs[:-1])
 
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.decoder.pred] if self.config.recipe == "ucd" else []
+
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.recipe == "ucd":
+            return ce_loss(prediction.logits, labels)
         preds = [*prediction.aux, prediction.logits]
         weights = self.config.multi_pred_weights
         if len(weights) != len(preds):

@@ -10,9 +10,17 @@ of the 3×3-projected lateral and deeper maps, 3×3 conv → BN → ReLU): one o
 and one on the absolute differences of the refined maps (difference branch), each with 1×1 conv+BN transitions. Each
 branch predicts at stride 4 and stride 8 (3×3 conv → BN → ReLU → 3×3 conv to 2 classes), upsampled to the input size.
 
-Change map: the sum of the two branches' stride-4 logits (maskcd's choice; the UCD wrapper reports the difference
-branch's stride-8 output as "main"). Loss: cross-entropy on all four outputs, summed with equal weights (the UCD
-wrapper's deep supervision), 255 ignored. The never-called ``fc`` of the torchvision ResNet-18, which the released code
+Two recipes (``recipe``):
+
+* ``"ucd"`` (default): as UCD trains and tests it. UCD's wrapper returns the difference branch's stride-8 output as
+  ``main_predictions``, and UCD computes its loss (cross-entropy) and change map from ``main_predictions`` only. So
+  the prediction is that output and the loss is cross-entropy on it; the modules that cannot reach it (the fused
+  decoder, the stride-4 difference decoder, the other three heads, the stride-4 joint attention and the fusion convs
+  of the joint-attention blocks) are kept for the published layout, frozen and not computed.
+* ``"authors"``: the DMINet authors' recipe: cross-entropy on all four outputs with equal weights, prediction from the
+  sum of the two branches' stride-4 logits.
+
+255 is ignored. The never-called ``fc`` of the torchvision ResNet-18, which the released code
 keeps (UCD's 6.44 M in 2^20 units counts it), is kept frozen; ``keep_unused_resnet_layers: false`` drops it.
 Inputs are padded to a multiple of 16.
 """
@@ -34,12 +42,17 @@ class DMINetConfig(PreTrainedConfig):
 
     Args:
         keep_unused_resnet_layers: Keep ResNet-18's never-called ``fc`` (frozen), as the released code does.
+        recipe: ``"ucd"`` (default; prediction and loss from the stride-8 difference head, as UCD) or ``"authors"``
+            (four-output loss, sum of the stride-4 heads as prediction).
     """
 
     model_type = "maskcd-dminet"
 
-    def __init__(self, keep_unused_resnet_layers: bool = True, **kwargs):
+    def __init__(self, keep_unused_resnet_layers: bool = True, recipe: str = "ucd", **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"DMINet recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.keep_unused_resnet_layers = keep_unused_resnet_layers
+        self.recipe = recipe
         super().__init__(**kwargs)
 
 
@@ -126,7 +139,11 @@ class DMINet(ZooModel):
         self.freeze_unused()
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.resnet.fc] if self.config.keep_unused_resnet_layers else []
+        frozen = [self.resnet.fc] if self.config.keep_unused_resnet_layers else []
+        if self.config.recipe == "ucd":  # cannot reach the stride-8 difference head
+            frozen += [self.cross[2], self.cross[0].conv_cat, self.cross[1].conv_cat, self.trans_sum, self.agg_sum,
+                       self.trans_diff[1], self.agg_diff[1], self.head_sum, self.head_diff, self.head_sum_8]
+        return frozen
 
     def _init_extra(self, module: nn.Module) -> None:
         if isinstance(module, JointAttention):
@@ -141,6 +158,16 @@ class DMINet(ZooModel):
     def predict(self, image_a: torch.Tensor, image_b: torch.Tensor) -> ZooPrediction:
         a1, a2, a3 = self._levels(image_a)
         b1, b2, b3 = self._levels(image_b)
+        size = image_a.shape[-2:]
+
+        def up(x):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+        if self.config.recipe == "ucd":
+            _, r1_3, r2_3 = self.cross[0](a3, b3)
+            _, r1_2, r2_2 = self.cross[1](a2, b2)
+            d8 = self.agg_diff[0]((r1_2 - r2_2).abs(), self.trans_diff[0]((r1_3 - r2_3).abs()))
+            return ZooPrediction(self.head_diff_8(up(d8)))
         s3, r1_3, r2_3 = self.cross[0](a3, b3)
         s2, r1_2, r2_2 = self.cross[1](a2, b2)
         s1, r1_1, r2_1 = self.cross[2](a1, b1)
@@ -148,15 +175,13 @@ class DMINet(ZooModel):
         out4 = self.agg_sum[1](s1, self.trans_sum[1](out8))
         d8 = self.agg_diff[0]((r1_2 - r2_2).abs(), self.trans_diff[0]((r1_3 - r2_3).abs()))
         d4 = self.agg_diff[1]((r1_1 - r2_1).abs(), self.trans_diff[1](d8))
-        size = image_a.shape[-2:]
-
-        def up(x):
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
         outs = [self.head_sum(up(out4)), self.head_diff(up(d4)), self.head_sum_8(up(out8)), self.head_diff_8(up(d8))]
         return ZooPrediction(outs[0] + outs[1], aux=outs)
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.recipe == "ucd":
+            return ce_loss(prediction.logits, labels)
         return sum(ce_loss(p, labels) for p in prediction.aux)
 
 

@@ -9,7 +9,9 @@ hierarchical change guiding map; Change Guide Modules (guide-modulated position 
 refine levels 2–4 with it, the refined levels are fused the same way and a second decoder of the same shape predicts
 the final map. Both maps are upsampled to the input size.
 
-Loss: binary cross-entropy (sigmoid outputs) on the final map plus on the guiding map (deep supervision), 255 ignored.
+Loss (``recipe``): ``"ucd"`` (default) binary cross-entropy (sigmoid outputs) on the final map only, as UCD trains it
+(the guiding map still learns through the guidance); ``"authors"`` adds the BCE on the guiding map (deep supervision).
+255 ignored.
 Inputs are padded to a multiple of 16.
 """
 
@@ -26,11 +28,18 @@ from maskcd.models.zoo.cgnet import ChangeGuideModule, VGGChangeGuideMixin, vgg1
 
 
 class HCGMNetConfig(PreTrainedConfig):
-    """HCGMNet hyper-parameters (none beyond the inference spec; the widths are VGG16-BN's)."""
+    """HCGMNet hyper-parameters (the widths are VGG16-BN's).
+
+    Args:
+        recipe: ``"ucd"`` (default: BCE on the final map, as UCD) or ``"authors"`` (plus BCE on the guiding map).
+    """
 
     model_type = "maskcd-hcgmnet"
 
-    def __init__(self, **kwargs):
+    def __init__(self, recipe: str = "ucd", **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"HCGMNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+        self.recipe = recipe
         super().__init__(**kwargs)
 
 
@@ -75,7 +84,8 @@ class HCGMNet(VGGChangeGuideMixin, ZooModel):
         return ZooPrediction(up(final), aux=[up(guide)])
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
-        return bce_loss(prediction.logits, labels) + bce_loss(prediction.aux[0], labels)
+        loss = bce_loss(prediction.logits, labels)
+        return loss + bce_loss(prediction.aux[0], labels) if self.config.recipe == "authors" else loss
 
 
 register_architecture("hcgmnet", HCGMNet, config_builder(HCGMNetConfig))

@@ -5,12 +5,14 @@ A weight-shared 5-level encoder (``base_width`` × 1, 2, 4, 8, 16 channels; each
 ``conv3×3 → BN → ReLU → conv3×3 → BN`` block with the first conv's output as the identity) runs on both dates; a
 UNet++-style nested decoder densely connects both dates' encoder nodes at each level with the upsampled deeper node
 (2×2 stride-2 transposed convolutions). The four full-resolution outputs ``X0,1..X0,4`` are fused by the Ensemble
-Channel Attention Module (ECAM): channel attention (avg+max pooled, shared 1×1 MLP, ratio 16) on their concatenation,
+Channel Attention Module (ECAM): channel attention (two pooled branches, both average-pooled in the released code,
+see ``ca_max_pool``; shared 1×1 MLP, ratio 16) on their concatenation,
 applied to ``concat + repeat(CA_intra(Σ X0,j))``, then a 1×1 classifier to 2 classes. As in the authors' code the
 deepest node is only computed for the after image (the before image's ``X4,0`` is never used).
 
-Loss: the paper's hybrid loss, weighted cross-entropy (focal with γ = 0 and no class weights in the released code,
-i.e. plain CE) + multi-class soft dice, 255 ignored. Inputs are padded to a multiple of 16.
+Loss (``recipe``): ``"ucd"`` (default) plain cross-entropy, as UCD's config trains it; ``"authors"`` the paper's hybrid
+loss, weighted cross-entropy (focal with γ = 0 and no class weights in the released code, i.e. plain CE) + multi-class
+soft dice. 255 ignored. Inputs are padded to a multiple of 16.
 """
 
 from __future__ import annotations
@@ -30,13 +32,22 @@ class SNUNetConfig(PreTrainedConfig):
     Args:
         base_width: Channels of the first level (32 → the paper's 12.0 M-parameter "SNUNet-CD/32").
         ca_ratio: Reduction ratio of the ECAM channel attention (16).
+        ca_max_pool: Use max pooling in the channel attention's second branch, as the paper describes. Default
+            ``False``: the released code (and UCD, whose checkpoints were trained with it) pools that branch with an
+            ``AdaptiveAvgPool2d`` too, so both branches see the average.
+        recipe: ``"ucd"`` (default: cross-entropy, as UCD) or ``"authors"`` (cross-entropy + soft dice).
     """
 
     model_type = "maskcd-snunet"
 
-    def __init__(self, base_width: int = 32, ca_ratio: int = 16, **kwargs):
+    def __init__(self, base_width: int = 32, ca_ratio: int = 16, ca_max_pool: bool = False, recipe: str = "ucd",
+                 **kwargs):
+        if recipe not in ("ucd", "authors"):
+            raise ValueError(f"SNUNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+        self.recipe = recipe
         self.base_width = base_width
         self.ca_ratio = ca_ratio
+        self.ca_max_pool = ca_max_pool
         super().__init__(**kwargs)
 
 
@@ -58,17 +69,20 @@ class NestedBlock(nn.Module):
 
 
 class ChannelAttention(nn.Module):
-    """``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))`` with a shared bias-free 1×1 MLP."""
+    """``sigmoid(MLP(avgpool(x)) + MLP(pool2(x)))`` with a shared bias-free 1×1 MLP; ``pool2`` is max pooling when
+    ``max_pool`` (the paper), else average pooling (the released code)."""
 
-    def __init__(self, channels: int, ratio: float):
+    def __init__(self, channels: int, ratio: float, max_pool: bool = False):
         super().__init__()
+        self.max_pool = max_pool
         hidden = max(1, int(channels // ratio))
         self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
         self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         avg = self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1))))
-        mx = self.fc2(F.relu(self.fc1(F.adaptive_max_pool2d(x, 1))))
+        pooled = F.adaptive_max_pool2d(x, 1) if self.max_pool else F.adaptive_avg_pool2d(x, 1)
+        mx = self.fc2(F.relu(self.fc1(pooled)))
         return torch.sigmoid(avg + mx)
 
 
@@ -104,8 +118,8 @@ class SNUNet(ZooModel):
         self.conv1_3 = NestedBlock(f[1] * 4 + f[2], f[1], f[1])
         self.up1_3 = nn.ConvTranspose2d(f[1], f[1], 2, stride=2)
         self.conv0_4 = NestedBlock(f[0] * 5 + f[1], f[0], f[0])
-        self.ca = ChannelAttention(f[0] * 4, ratio=config.ca_ratio)
-        self.ca1 = ChannelAttention(f[0], ratio=config.ca_ratio / 4)
+        self.ca = ChannelAttention(f[0] * 4, ratio=config.ca_ratio, max_pool=config.ca_max_pool)
+        self.ca1 = ChannelAttention(f[0], ratio=config.ca_ratio / 4, max_pool=config.ca_max_pool)
         self.conv_final = nn.Conv2d(f[0] * 4, 2, kernel_size=1)
         self.post_init()
 
@@ -139,7 +153,8 @@ class SNUNet(ZooModel):
         return ZooPrediction(self.conv_final(out))
 
     def compute_loss(self, prediction: ZooPrediction, labels: torch.Tensor) -> torch.Tensor:
-        return ce_loss(prediction.logits, labels) + dice_loss(prediction.logits, labels)
+        loss = ce_loss(prediction.logits, labels)
+        return loss + dice_loss(prediction.logits, labels) if self.config.recipe == "authors" else loss
 
 
 register_architecture("snunet", SNUNet, config_builder(SNUNetConfig))
