@@ -19,4 +19,10 @@ from maskcd.models.zoo import dtcdscn  # noqa: F401
 from maskcd.models.zoo import tfi_gr  # noqa: F401
 from maskcd.models.zoo import afcf3d  # noqa: F401
 from maskcd.models.zoo import icifnet  # noqa: F401
+from maskcd.models.zoo import ussfcnet  # noqa: F401
+from maskcd.models.zoo import dsamnet  # noqa: F401
+from maskcd.models.zoo import dsifn  # noqa: F401
+from maskcd.models.zoo import aernet  # noqa: F401
 from maskcd.models import ucd  # noqa: F401  (registers the UCD checkpoint loader)
+from maskcd.models.zoo import hanet  # noqa: F401
+from maskcd.models.zoo import swinsunet  # noqa: F401

@@ -47,14 +47,18 @@ logger = logging.getLogger(__name__)
 # One entry per line, sorted, so that additions merge cleanly.
 UCD_PRESETS: dict[str, str] = {
     "A2Net": "a2net",
+    "AERNet": "aernet",
     "AFCF3D": "afcf3d",
     "BIT": "bit",
     "CGNet": "cgnet",
     "ChangeFormer": "changeformer",
     "DMINet": "dminet",
+    "DSAMNet": "dsamnet",
+    "DSIFN": "dsifn",
     "DTCDSCN": "dtcdscn",
     "FC-EF": "fc-ef",
     "FCNPP": "fcnpp",
+    "HANet": "hanet",
     "HCGMNet": "hcgmnet",
     "ICIFNet": "icifnet",
     "MSPSNet": "mspsnet",
@@ -63,8 +67,10 @@ UCD_PRESETS: dict[str, str] = {
     "ResUnet": "resunet",
     "SNUNet": "snunet",
     "SiamUnet_diff": "siamunet-diff",
+    "SwinSUnet": "swinsunet",
     "TFI_GR": "tfi-gr",
     "Tiny_CD": "tinycd",
+    "USSFCNet": "ussfcnet",
     "siamunet_conc": "siamunet-conc",
 }
 

@@ -3,7 +3,8 @@
 The battery builds each preset with small overrides (``tiny_overrides``: narrower backbones, fewer layers) so that it
 runs in about a minute on two CPU cores; the overrides change widths/depths, never the wiring or the loss. Presets of
 architectures that are small or have no width option (FC-EF, the Siam U-Nets, BIT, A2Net, TinyCD, DMINet, MSPSNet,
-CGNet, HCGMNet) run at full size, on 32²–64² inputs. Presets whose tiny variants are the same network (MineNetCD
+CGNet, HCGMNet, USSFCNet, DSAMNet, DSIFN, AERNet, HANet) run at full size, on 32²–64² inputs (AERNet pads to 64;
+SwinSUNet runs a narrow variant with window 4, padded to 128). Presets whose tiny variants are the same network (MineNetCD
 Swin-T/S/B differ only in backbone size; ResNet-50/101 only in depth; MaskCD presets with the same head size) share one
 representative (``battery_presets``); every preset is mapped to one, and
 every preset's full-size build is checked on the meta device.
@@ -67,6 +68,9 @@ def tiny_overrides(name: str) -> dict:
         return dict(pvt_embed_dims=[64, 128, 80, 160], pvt_depths=[1, 1, 1, 1])
     if arch == "changeformer":
         return dict(embed_dims=[16, 32, 40, 64], depths=[1, 1, 1, 1], embed_dim=32)
+    if arch == "swinsunet":  # shifted blocks in the encoder (stage 1) and decoder (stage 3); window 4 → 128 px
+        return dict(img_size=128, embed_dim=24, depths=[2, 1, 1, 1], num_heads=[1, 2, 4, 8], up_depths=[1, 1, 2],
+                    up_num_heads=[4, 2, 1], window_size=4)
     return {}
 
 
@@ -127,6 +131,7 @@ def test_battery_covers_the_zoo():
     archs = {preset_info(n)["architecture"] for n in MODELS}
     expected = {"minenetcd", "fc-ef", "siamunet-conc", "siamunet-diff", "snunet", "bit", "changeformer", "a2net", "tinycd", "dminet", "mspsnet", "resunet", "cgnet", "hcgmnet"}
     expected |= set(UCD_TABLE_ADDED)
+    expected |= {"ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"}  # UCD registry models beyond its README table
     assert expected <= archs
 
 
@@ -231,6 +236,9 @@ UCD_PARAMS_MI = {  # models.md §4.1 (UCD README), in units of 2^20 parameters
     "rdpnet": 1.62, "fcnpp": 14.56, "dtcdscn": 39.17, "tfi-gr": 27.06, "afcf3d": 16.83,
     "icifnet": 24.64,
 }
+UCD_PARAMS_MI.update({  # UCD registry models beyond its README table: ORACLE_STATUS.md (UCD's calculate_parameters)
+    "ussfcnet": 1.449, "dsamnet": 16.165, "dsifn": 48.360, "aernet": 24.186, "hanet": 2.889, "swinsunet": 41.560,
+})
 # methods of UCD's table added with issue 11 (preset name = architecture name)
 UCD_TABLE_ADDED = ["rdpnet", "fcnpp", "dtcdscn", "tfi-gr", "afcf3d", "icifnet"]
 
@@ -293,6 +301,18 @@ def test_unused_published_layers_are_frozen_not_trained():
     afcf = tiny_model("afcf3d")
     for unused in (afcf.decoder.output.downT0, afcf.decoder.output.superout4, afcf.decoder.AFCF_fuse.AFCF1.conv_down):
         assert not any(p.requires_grad for p in unused.parameters())
+    dsam = tiny_model("dsamnet")  # UCD's main output is the layer2 head: the metric branch is never trained there
+    assert not any(p.requires_grad for m in (dsam.backbone.layer4, dsam.decoder, dsam.cbam0, dsam.ds_lyr2)
+                   for p in m.parameters())
+    aer = tiny_model("aernet")  # the edge head only gates the refinement (detached); BAM's gamma is never used
+    assert not any(p.requires_grad for p in aer.decoder.classifier1.parameters())
+    assert not aer.decoder.bam.gamma.requires_grad
+    assert not any(p.requires_grad for p in tiny_model("hanet").c1_conv.parameters())
+    swin = tiny_model("swinsunet")
+    assert not any(p.requires_grad for stage in swin.layers[4:] for p in stage.lc.parameters())
+    dsifn = tiny_model("dsifn")  # UCD trains the finest map only; bn_ca1/2 and ca1 are never called
+    assert not any(p.requires_grad for m in (dsifn.ca1, dsifn.bn_ca2, dsifn.o1_conv3, dsifn.o4_conv4)
+                   for p in m.parameters())
     smaller = build_model("bit", keep_unused_resnet_layers=False)
     assert count_parameters(smaller) == sum(p.numel() for p in bit.parameters() if p.requires_grad)
 
@@ -378,7 +398,11 @@ def levir_dataset(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("name", ["tinycd", "minenetcd-tiny", "minenetcd-vmamba-tiny", *UCD_TABLE_ADDED])
+TRAIN_SMOKE = ["tinycd", "minenetcd-tiny", "minenetcd-vmamba-tiny", *UCD_TABLE_ADDED,
+               "ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"]
+
+
+@pytest.mark.parametrize("name", TRAIN_SMOKE)
 def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_dataset, tmp_path):
     """The generic training loop needs only the call contract: train 1 epoch, validate, reload best_f1.
 
@@ -411,3 +435,52 @@ def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_data
     assert model.inference_spec.tile_size == 256
     with torch.no_grad():
         assert model(*_pair(1, 64, 64)[:2]).change_prob.shape == (1, 64, 64)
+
+
+def test_ussfcnet_masked_dense_weights_start_at_zero_and_get_no_gradient():
+    """USSFCNet's CMConv: the dense conv's entries on blocks the grouped convs cover stay zero (gradient masked)."""
+    model = tiny_model("ussfcnet").train()
+    conv = model.Conv2_1.Conv[0].aux[0].conv
+    mask = conv.frozen_mask()
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.equal(conv.weight[mask], torch.zeros(int(mask.sum())))
+    model.zero_grad(set_to_none=True)
+    a, b, labels = _pair(1, 32, 32, seed=5)
+    model(a, b, labels).loss.backward()
+    assert torch.equal(conv.weight.grad[mask], torch.zeros(int(mask.sum())))
+    assert conv.weight.grad[~mask].abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
+def test_imagenet_backbone_offline_and_uncached_is_one_clear_error(tmp_path, monkeypatch):
+    """``backbone_weights: imagenet`` reads torchvision's cache; offline and not cached: one line naming the file."""
+    from maskcd.errors import MaskCDError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MaskCDError, match=r"ResNet18_Weights\.IMAGENET1K_V1 .*resnet18-f37072fd\.pth.*cache") as err:
+        build_model("dsamnet", backbone_weights="imagenet")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="backbone_weights"):
+        build_model("dsamnet", backbone_weights="imagenet21k")
+
+
+def test_aernet_change_prob_is_ucds_rule_on_the_raw_logit():
+    """AERNet's UCD output is a raw logit thresholded at 0.5: change_prob = sigmoid(z - 0.5)."""
+    model = tiny_model("aernet").eval()
+    a, b, _ = _pair(1, 64, 64, seed=6)
+    with torch.no_grad():
+        z = model.predict(a, b).logits[:, 0]
+        out = model(a, b)
+    torch.testing.assert_close(out.change_prob, torch.sigmoid(z - 0.5))
+    assert torch.equal(out.change_prob > 0.5, z > 0.5)
+
+
+def test_maskcd_models_lists_the_ucd_registry_models_with_ucds_counts(capsys):
+    """UCD's registry models beyond its README table, with the original code's parameter counts (ORACLE_STATUS.md)."""
+    from maskcd.cli.models import main
+
+    assert main(["ussfcnet", "dsamnet", "dsifn", "aernet", "hanet", "swinsunet"]) == 0
+    out = capsys.readouterr().out
+    for mebi in ("1.45 Mi", "16.17 Mi", "48.36 Mi", "24.19 Mi", "2.89 Mi", "41.56 Mi"):
+        assert mebi in out
