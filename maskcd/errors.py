@@ -11,3 +11,8 @@ class InputError(MaskCDError):
 
 class OutputExistsError(MaskCDError):
     """The output exists and ``--overwrite`` was not given."""
+
+
+class CheckpointError(InputError):
+    """A model checkpoint that cannot be loaded safely: invalid config.json, truncated or corrupt weights, or a
+    pickle that carries code."""

@@ -31,7 +31,6 @@ Like the published model, training needs at least 2 pairs per batch: UperNet's p
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -52,6 +51,7 @@ from maskcd.models.base import (
     set_inference_spec,
 )
 from maskcd.models.registry import register_architecture, register_legacy_loader
+from maskcd.models.weights_io import read_config, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -266,22 +266,6 @@ def _is_legacy_minenetcd(cfg: dict) -> bool:
     )
 
 
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (safetensors, or a pickle read with ``weights_only=True`` and mmap)."""
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    pt = folder / "pytorch_model.bin"
-    if not pt.is_file():
-        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
-    try:
-        return torch.load(pt, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        return torch.load(pt, map_location="cpu", weights_only=True)
-
-
 def _swin_shapes_from_weights(sd: dict[str, torch.Tensor]) -> dict:
     """Swin ``embed_dim``, ``depths``, ``num_heads`` and ``window_size`` as stored in a legacy ``backbone.*`` state."""
     embed = sd["backbone.embeddings.patch_embeddings.projection.weight"].shape[0]
@@ -373,9 +357,8 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
     ADE/ImageNet mean and std, which are the defaults.
     """
     folder = Path(folder)
-    with open(folder / "config.json") as f:
-        cfg = json.load(f)
-    state_dict = _read_state_dict(folder)
+    cfg = read_config(folder)
+    state_dict = read_state_dict(folder)
     config = legacy_minenetcd_config(cfg, state_dict, source=str(folder / "config.json"))
     del state_dict
     model, info = MineNetCDForChangeDetection.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)

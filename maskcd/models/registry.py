@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from maskcd.models.weights_io import checkpoint_errors, read_config, require_weights
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,9 @@ def _download(repo_id: str) -> Path:
 def load_model(name_or_path: str | os.PathLike, **kwargs):
     """Load a model from a preset name, a local folder (maskcd or published legacy format) or a Hub id.
 
-    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only.
+    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only; a bad
+    ``config.json`` or weights file raises :class:`~maskcd.errors.CheckpointError` (see
+    :mod:`maskcd.models.weights_io`, which legacy loaders use to read their files).
     """
     _ensure_registered()
     text = str(name_or_path)
@@ -174,18 +177,20 @@ def load_model(name_or_path: str | os.PathLike, **kwargs):
         folder = _download(text)
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"{folder} is not a model folder: it needs a config.json next to the weights")
-    with open(folder / "config.json") as f:
-        cfg = json.load(f)
+    cfg = read_config(folder)
     arch_name = cfg.get("maskcd_architecture")
     if arch_name:
         arch = _ARCHITECTURES.get(arch_name)
         if arch is None:
             raise ModelNotFoundError(f"{folder}: unknown maskcd_architecture {arch_name!r}; known: {sorted(_ARCHITECTURES)}")
-        return arch.model_cls.from_pretrained(folder, **kwargs)
+        require_weights(folder)  # a missing weights file is one line, not transformers' OSError
+        with checkpoint_errors(folder):
+            return arch.model_cls.from_pretrained(folder, **kwargs)
     for name, matches, loader in _LEGACY_LOADERS:
         if matches(cfg):
             logger.info("loading %s as a published %s checkpoint", folder, name)
-            return loader(folder, **kwargs)
+            with checkpoint_errors(folder):
+                return loader(folder, **kwargs)
     raise ModelNotFoundError(
         f"{folder}/config.json is neither a maskcd checkpoint nor a known published format "
         f"({', '.join(n for n, _, _ in _LEGACY_LOADERS)})"
