@@ -57,13 +57,38 @@ def require_weights(folder: str | os.PathLike) -> None:
     weight_file(folder)
 
 
+def _pickle_parses(path: Path) -> bool:
+    """Whether ``path`` holds a complete pickle (read opcode by opcode with :mod:`pickletools`, nothing executed).
+
+    A complete pickle that ``weights_only`` refuses carries objects other than tensors (code); an incomplete one is
+    truncated or corrupt.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next(n for n in z.namelist() if n.endswith("data.pkl"))
+                with z.open(name) as f:
+                    for _ in pickletools.genops(f):
+                        pass
+        else:
+            with open(path, "rb") as f:
+                for _ in pickletools.genops(f):
+                    pass
+        return True
+    except Exception:
+        return False
+
+
 def _describe(err: BaseException, path: Path) -> str | None:
     """The one-line message for a failed read of ``path``, or ``None`` when ``err`` is not about a bad file."""
     text = str(err)
     if _is_safetensors_error(err):
         return f"{path} is truncated or corrupt ({text.splitlines()[0] if text else type(err).__name__}): download it again"
     if isinstance(err, pickle.UnpicklingError):
-        if "GLOBAL" in text or "global" in text:
+        if "GLOBAL" in text or "global" in text or _pickle_parses(path):
             return (
                 f"{path} is not a plain tensor checkpoint (it contains code that a safe load refuses): "
                 f"convert it to safetensors"

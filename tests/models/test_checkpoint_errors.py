@@ -57,6 +57,18 @@ def code_pickle(saved_tiny, tmp_path):
 
 
 @pytest.fixture
+def code_plain_pickle(saved_tiny, tmp_path):
+    """A bare ``pickle.dump`` (protocol 4, not torch's format): torch's refusal does not name the global here."""
+    import pickle
+
+    folder = _copy(saved_tiny, tmp_path / "code_plain_pickle")
+    (folder / "model.safetensors").unlink()
+    with open(folder / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"extra": _CodeCarrier()}, f, protocol=4)
+    return folder, folder / "pytorch_model.bin", "is not a plain tensor checkpoint"
+
+
+@pytest.fixture
 def truncated_safetensors(saved_tiny, tmp_path):
     folder = _copy(saved_tiny, tmp_path / "truncated")
     data = (folder / "model.safetensors").read_bytes()
@@ -83,7 +95,7 @@ def invalid_config(saved_tiny, tmp_path):
     return folder, folder / "config.json", "is not valid JSON"
 
 
-CASES = ["code_pickle", "truncated_safetensors", "truncated_pickle", "invalid_config"]
+CASES = ["code_pickle", "code_plain_pickle", "truncated_safetensors", "truncated_pickle", "invalid_config"]
 
 
 @pytest.mark.parametrize("case", CASES)
