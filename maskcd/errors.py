@@ -9,6 +9,14 @@ class InputError(MaskCDError):
     """Bad input: missing or unreadable file, no overlap, band mismatch, missing CRS, all-nodata, ..."""
 
 
+class ModelNotFoundError(InputError):
+    """``load_model``/``build_model`` cannot resolve a model reference; the message says what to pass instead."""
+
+
+class ConfigError(InputError):
+    """A model preset or configuration has an unknown key or an invalid value; the message lists the valid ones."""
+
+
 class OutputExistsError(MaskCDError):
     """The output exists and ``--overwrite`` was not given."""
 

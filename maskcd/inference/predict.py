@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from maskcd.errors import MaskCDError
+from maskcd.errors import InputError, MaskCDError
 from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
 
@@ -38,7 +38,7 @@ def make_accelerator(device: str = "auto", bf16: bool | None = None):
     want_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
+            raise InputError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
         if ":" in device and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(int(device.split(":", 1)[1]))
     use_bf16 = (not want_cpu) if bf16 is None else bool(bf16)

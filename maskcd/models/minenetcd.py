@@ -50,6 +50,7 @@ from maskcd.models.base import (
     pop_inference_spec,
     set_inference_spec,
 )
+from maskcd.errors import CheckpointError, ConfigError
 from maskcd.models.registry import register_architecture, register_legacy_loader
 from maskcd.models.weights_io import read_config, read_state_dict
 
@@ -210,7 +211,7 @@ def _backbone_config(backbone_type: str, in_channels: int, overrides: dict | Non
     elif backbone_type in RESNET_BACKBONES:
         cfg = {"model_type": "resnet", "embedding_size": 64, **RESNET_BACKBONES[backbone_type]}
     else:
-        raise ValueError(f"unknown MineNetCD backbone_type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}")
+        raise ConfigError(f"unknown MineNetCD backbone_type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}")
     cfg.update(overrides or {})
     cfg["num_channels"] = in_channels
     cfg["out_features"] = list(OUT_FEATURES)
@@ -306,7 +307,7 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
     """
     btype = cfg["Backbone_type"]
     if btype not in BACKBONE_TYPES:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: MineNetCD Backbone_type {btype!r} is not supported by maskcd (VMamba and concatenation "
             f"variants are not implemented); supported: {', '.join(BACKBONE_TYPES)}"
         )
@@ -331,7 +332,7 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
         shapes = _resnet_shapes_from_weights(state_dict)
         named = RESNET_BACKBONES[btype]
         if shapes["depths"] != named["depths"] or shapes["layer_type"] != named["layer_type"]:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: Backbone_type {btype} expects a ResNet with depths {named['depths']} "
                 f"({named['layer_type']}) but the weights hold depths {shapes['depths']} ({shapes['layer_type']}); "
                 f"fix Backbone_type in config.json"
@@ -364,7 +365,7 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
     model, info = MineNetCDForChangeDetection.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)
     missing = [k for k in info["missing_keys"] if "relative_position_index" not in k]
     if missing or info.get("mismatched_keys"):
-        raise ValueError(
+        raise CheckpointError(
             f"{folder}: the checkpoint does not match the MineNetCD layout built from its config.json "
             f"(missing {missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
         )

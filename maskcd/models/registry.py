@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from maskcd.errors import ConfigError, ModelNotFoundError
 from maskcd.models.weights_io import checkpoint_errors, read_config, require_weights
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Architecture:
         name: Registry key stored in saved configs as ``maskcd_architecture``.
         model_cls: The ``PreTrainedModel`` subclass.
         build_config: Callable turning a preset's ``config`` mapping (plus overrides) into a config instance; it must
-            raise ``ValueError`` naming the valid keys for an unknown key.
+            raise :class:`~maskcd.errors.ConfigError` naming the valid keys for an unknown key.
     """
 
     name: str
@@ -87,7 +88,7 @@ def _read_preset(path: str) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if "architecture" not in data:
-        raise ValueError(f"preset file {path} has no 'architecture' key")
+        raise ConfigError(f"preset file {path} has no 'architecture' key: add the name of a registered architecture")
     return data
 
 
@@ -104,7 +105,7 @@ def list_models() -> list[str]:
 def preset_info(name: str) -> dict:
     presets = _presets()
     if name not in presets:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(presets))}")
+        raise ModelNotFoundError(f"unknown model {name!r}; valid names: {', '.join(sorted(presets))}")
     return presets[name]
 
 
@@ -113,14 +114,14 @@ def build_model(name: str, **overrides):
 
     Args:
         name: Preset name (see :func:`list_models`).
-        **overrides: Config keys to override (e.g. ``num_labels=2``); an unknown key raises ``ValueError`` listing the
-            valid ones.
+        **overrides: Config keys to override (e.g. ``num_labels=2``); an unknown key raises
+            :class:`~maskcd.errors.ConfigError` listing the valid ones.
     """
     info = preset_info(name)
     archs = architectures()
     arch = archs.get(info["architecture"])
     if arch is None:
-        raise ValueError(f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {sorted(archs)}")
+        raise ConfigError(f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {sorted(archs)}")
     config = arch.build_config(**{**(info.get("config") or {}), **overrides})
     config.maskcd_architecture = arch.name
     config.maskcd_preset = name
@@ -130,10 +131,6 @@ def build_model(name: str, **overrides):
 def _is_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
-
-class ModelNotFoundError(ValueError):
-    """Raised when ``load_model`` cannot resolve its argument; the message says what to pass instead."""
 
 
 def _download(repo_id: str) -> Path:
