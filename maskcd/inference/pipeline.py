@@ -1,11 +1,14 @@
 """``map_scene``: two GeoTIFFs → probability COG, mask COG and a styled GeoPackage (stages 1–6 wired together).
 
 Every output is written under a temporary name and renamed only when all stages succeeded; on any error the
-temporaries are removed, so a failed run leaves nothing behind.
+temporaries are removed, so a failed run leaves nothing behind. A run that is killed outright (SIGKILL, OOM killer)
+cannot clean up: it holds a lock file in its output folders, and the next run there removes what it left behind
+(see :mod:`maskcd.inference.cleanup`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -22,6 +25,7 @@ import rasterio
 import torch
 
 from maskcd.errors import InputError, OutputExistsError
+from maskcd.inference.cleanup import RunLock, shared_run_id, sweep_dead_runs
 from maskcd.inference.dataset import WindowDataset
 from maskcd.inference.options import MapOptions, MapResult
 from maskcd.inference.predict import make_accelerator, predict_to_store
@@ -253,6 +257,19 @@ def map_rasters(
         raise
 
 
+@contextlib.contextmanager
+def _run_guard(outputs: list[Path], run_id: str):
+    """On the main process: remove what dead runs left in the output folders, then hold this run's lock there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    folders = sorted({p.parent.resolve() for p in outputs})
+    for folder in folders:
+        sweep_dead_runs(folder)
+    with RunLock(folders, run_id):
+        yield
+
+
 def map_scene(
     before: str | os.PathLike,
     after: str | os.PathLike,
@@ -285,7 +302,7 @@ def map_scene(
         OutputExistsError: An output exists and ``options.overwrite`` is false.
     """
     t_start = time.perf_counter()
-    run_id = uuid.uuid4().hex[:12]
+    run_id = shared_run_id(uuid.uuid4().hex[:12])
     out, prob_out, mask_out = output_paths(out_gpkg, options)
     _check_outputs([out, prob_out, mask_out], options.overwrite)
 
@@ -299,7 +316,7 @@ def map_scene(
 
     tmp_prob = prob_out.with_name(f".{prob_out.name}.{run_id}.tif")
     tmp_mask = mask_out.with_name(f".{mask_out.name}.{run_id}.tif")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), _run_guard([out, prob_out, mask_out], run_id):
         try:
             rr = map_rasters(before, after, tmp_prob, tmp_mask, options, model=model, progress=progress)
             timings = {"load_model_s": load_s, **rr.timings}

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from maskcd.errors import InputError, MaskCDError
+from maskcd.inference.cleanup import die_with_parent
 from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
 
@@ -104,6 +105,7 @@ def predict_to_store(
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=die_with_parent() if workers > 0 else None,  # no orphaned readers if this process is killed
     )
     loader = accelerator.prepare_data_loader(loader, device_placement=True)
     device = accelerator.device
