@@ -24,3 +24,8 @@ class OutputExistsError(MaskCDError):
 class CheckpointError(InputError):
     """A model checkpoint that cannot be loaded safely: invalid config.json, truncated or corrupt weights, or a
     pickle that carries code."""
+
+
+class DiskFullError(MaskCDError):
+    """Not enough free space for a run's temporary files and outputs (checked before writing, or ENOSPC while
+    writing); the message names the folder and the space needed."""

@@ -216,3 +216,97 @@ def die_with_parent(init=None):
     """
     return functools.partial(_die_with_parent, parent_pid=os.getpid(), init=init)
 
+
+# ------------------------------------------------------------------------------------------------------ disk space
+_NO_SPACE_TEXTS = ("No space left on device", "Disk quota exceeded", "database or disk is full",
+                   "Free disk space available is")
+PROB_BYTES_PER_PX = 2.4
+"""Peak bytes per pixel of the probability raster: the uncompressed-size bound of the stitched GeoTIFF plus its COG
+copy with overviews (both exist until the GeoTIFF is removed)."""
+MASK_BYTES_PER_PX = 0.3
+"""The same for the mask (0/1/255 runs compress well over 8×)."""
+
+
+def estimate_run_bytes(height: int, width: int, tile: int, overlap: int) -> dict[str, int]:
+    """Upper estimate of the disk a run needs at its peak, by what is written where.
+
+    Returns:
+        ``{"tiles": tile store bytes (float16, every window), "prob": ..., "mask": ...}``; the tile store sits next to
+        the probability COG.
+    """
+    stride = max(1, tile - overlap)
+
+    def count(n: int) -> int:
+        return 1 if n <= tile else -(-(n - tile) // stride) + 1
+
+    n_px = int(height) * int(width)
+    return {
+        "tiles": count(height) * count(width) * tile * tile * 2,
+        "prob": int(PROB_BYTES_PER_PX * n_px),
+        "mask": int(MASK_BYTES_PER_PX * n_px),
+    }
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_free_space(needs: dict, what: str) -> None:
+    """Fail early when a filesystem lacks the space a run needs there.
+
+    Args:
+        needs: folder → bytes needed in it; folders on one filesystem are summed.
+        what: What the space is for, for the message (e.g. "tile store and COGs of a 30000×30000 scene").
+
+    Raises:
+        DiskFullError: naming the folder, the space needed and the space free.
+    """
+    from maskcd.errors import DiskFullError
+
+    by_dev: dict[int, list] = {}
+    for folder, need in needs.items():
+        folder = Path(folder)
+        try:
+            dev = os.stat(folder).st_dev
+        except OSError:
+            continue
+        entry = by_dev.setdefault(dev, [folder, 0])
+        entry[1] += int(need)
+    for folder, need in by_dev.values():
+        free = shutil.disk_usage(folder).free
+        if free < need:
+            raise DiskFullError(
+                f"not enough free space in {folder}: this run needs about {format_bytes(need)} there ({what}) but "
+                f"only {format_bytes(free)} is free; free some space or write the outputs to another disk"
+            )
+
+
+def is_enospc(err: BaseException | None) -> bool:
+    """Whether ``err``, or an error it was raised from, is "no space left on device" (ENOSPC, EDQUOT, or the same
+    reported as text by GDAL, SQLite or a DataLoader worker)."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(err) for t in _NO_SPACE_TEXTS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def enospc_path(err: BaseException | None) -> str | None:
+    """The file named by the ENOSPC error (or one it was raised from), when it names one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.filename:
+            return str(err.filename)
+        err = err.__cause__ or err.__context__
+    return None
