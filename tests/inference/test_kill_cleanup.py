@@ -55,9 +55,12 @@ def _hidden(folder: Path) -> list[str]:
 
 
 def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_path, geotiff_writer):
+    """Windows of 320² px: each item's validity mask (100 KB, pickled through the worker's pipe, unlike the tensors
+    that go through shared memory) overflows the 64 KB pipe, so after the kill the workers' queue feeders stay blocked
+    and, without a parent-death signal, the workers would hang at exit forever (the orphans of the issue)."""
     rng = np.random.default_rng(5)
-    n = 512
-    a = np.kron(rng.integers(20, 220, (3, n // 8, n // 8), dtype=np.uint8), np.ones((1, 8, 8), np.uint8))
+    h, w = 640, 960
+    a = np.kron(rng.integers(20, 220, (3, h // 8, w // 8), dtype=np.uint8), np.ones((1, 8, 8), np.uint8))
     b = a.copy()
     b[:, 100:220, 150:330] = 250
     geotiff_writer(tmp_path / "before.tif", a)
@@ -65,7 +68,7 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "maskcd.cli.map", str(tmp_path / "before.tif"), str(tmp_path / "after.tif"),
-           "-o", str(out / "changes.gpkg"), "--model", "fc-ef", "--tile", "64", "--overlap", "0", "--batch-size", "1",
+           "-o", str(out / "changes.gpkg"), "--model", "fc-ef", "--tile", "320", "--overlap", "0", "--batch-size", "1",
            "--device", "cpu", "--workers", "2", "-q"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
                                                         os.environ.get("PYTHONPATH", "")])}
@@ -94,7 +97,10 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
     t0 = time.monotonic()
     while _alive(workers, proc.pid) and time.monotonic() - t0 < 10:
         time.sleep(0.1)
-    assert not _alive(workers, proc.pid), f"processes of the killed run still alive after 10 s: {workers}"
+    survivors = _alive(workers, proc.pid)
+    for pid in survivors:  # do not leave them running when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"processes of the killed run still alive 10 s later: {survivors}"
 
     # the next run in the same folder removes the leftovers and writes valid outputs
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -108,7 +114,7 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
 
     with rasterio.open(out / "changes_change_mask.tif") as ds:
         mask = ds.read(1)
-        assert ds.shape == (n, n) and ds.crs is not None
+        assert ds.shape == (h, w) and ds.crs is not None
     assert set(np.unique(mask)) <= {0, 1}
     assert pyogrio.read_info(out / "changes.gpkg", layer="changes")["features"] >= 0
     assert "geometry" in pyogrio.read_dataframe(out / "changes.gpkg", layer="changes").columns
