@@ -149,17 +149,19 @@ class RunLock:
         self._fds.clear()
 
 
-def shared_run_id(run_id: str) -> str:
+def shared_run_id(run_id: str, device: str = "auto") -> str:
     """The main process's run id on every rank of an ``accelerate launch``/``torchrun`` run (else ``run_id``).
 
-    The ranks write into one tile store whose name carries the run id, so they must agree on it.
+    The ranks write into one tile store whose name carries the run id, so they must agree on it. The process group
+    is set up as inference will use it (:func:`~maskcd.inference.predict.make_accelerator` with ``device``).
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return run_id
-    from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    PartialState()
+    from maskcd.inference.predict import make_accelerator
+
+    make_accelerator(device)
     return broadcast_object_list([run_id])[0]
 
 

@@ -340,7 +340,7 @@ def map_scene(
         DiskFullError: Too little free space for the estimated need, or ENOSPC while writing (nothing is left).
     """
     t_start = time.perf_counter()
-    run_id = shared_run_id(uuid.uuid4().hex[:12])
+    run_id = shared_run_id(uuid.uuid4().hex[:12], options.device)
     out, prob_out, mask_out = output_paths(out_gpkg, options)
     _check_outputs([out, prob_out, mask_out], options.overwrite)
 
