@@ -111,6 +111,9 @@ def _open_client(client, scheduler: str | None, workers: int | None, device: str
     gpu = device.startswith("cuda") or (device == "auto" and _cuda_available())
     n = workers or default_workers("cuda" if gpu else "cpu")
     kwargs = {"resources": {"GPU": 1}} if gpu else {}
+    # A killed maskcd-batch leaves no worker processes: distributed starts each one with a pipe from its nanny (in
+    # this process) and the worker exits at once when that pipe closes (distributed.process.AsyncProcess;
+    # tests/batch/test_batch_kill.py checks it). Their DataLoader readers are off (daemonic processes).
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR, **kwargs) as cluster, Client(cluster) as c:
         yield c

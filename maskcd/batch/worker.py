@@ -26,6 +26,7 @@ from pathlib import Path
 
 from maskcd.batch.catalog import SiteJob
 from maskcd.batch.manifest import MANIFEST_NAME, file_fingerprint, write_manifest
+from maskcd.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
     tmp = site_dir / f"{TMP_PREFIX}{uuid.uuid4().hex[:12]}"
     try:
         if job.error:
-            raise ValueError(job.error)
+            raise InputError(job.error)
         site_dir.mkdir(parents=True, exist_ok=True)
         (site_dir / MANIFEST_NAME).unlink(missing_ok=True)
         for stale in site_dir.glob(f"{TMP_PREFIX}*"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 
 from maskcd.errors import MaskCDError
 
@@ -20,20 +21,34 @@ def release_process_group() -> None:
         dist.destroy_process_group()
 
 
+EXIT_BAD_INPUT = 2
+"""Exit code of a :class:`MaskCDError` (bad input, output exists, bad checkpoint, full disk...)."""
+EXIT_BUG = 1
+"""Exit code of anything unexpected (a bug): the traceback is printed."""
+
+
 def one_line_errors(prog: str):
-    """Decorator for ``main()``: a :class:`MaskCDError` (or ValueError from the model registry) becomes one line on
-    stderr and exit code 2; everything else propagates with its traceback. The distributed group, if any, is
-    released on the way out."""
+    """Decorator for ``main()``: only a :class:`MaskCDError` becomes one line on stderr and exit code 2.
+
+    Anything else is unexpected, i.e. a bug: its traceback is printed, then one line saying so, and the exit code is 1
+    (``ValueError`` and friends are not turned into one line, so real bugs are not hidden). ``KeyboardInterrupt`` and
+    ``SystemExit`` pass through. The distributed group, if any, is released on the way out.
+    """
 
     def wrap(fn):
         @functools.wraps(fn)
         def inner(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except (MaskCDError, ValueError, FileNotFoundError) as err:
+            except MaskCDError as err:
                 msg = str(err).splitlines()[0] if str(err) else type(err).__name__
                 print(f"{prog}: error: {msg}", file=sys.stderr)
-                return 2
+                return EXIT_BAD_INPUT
+            except Exception:
+                traceback.print_exc()
+                print(f"{prog}: unexpected error (a bug, not bad input): please report it with the traceback above",
+                      file=sys.stderr)
+                return EXIT_BUG
             finally:
                 release_process_group()
 

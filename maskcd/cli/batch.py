@@ -16,6 +16,7 @@ import yaml
 
 from maskcd.cli import one_line_errors
 from maskcd.errors import InputError
+from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
 
 PROG = "maskcd-batch"
@@ -135,7 +136,8 @@ def options_from_args(args: argparse.Namespace) -> MapOptions:
     opts = MapOptions(**values)
     for key, ok in (("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
                     ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
-                    ("tile", opts.tile is None or opts.tile >= 16), ("overlap", opts.overlap >= 0)):
+                    ("tile", opts.tile is None or opts.tile >= 16), ("overlap", opts.overlap >= 0),
+                    ("blend", opts.blend in BLEND_MODES)):
         if not ok:
             raise InputError(f"invalid {key} {getattr(opts, key)!r}: see {PROG} --help")
     return opts

@@ -18,6 +18,7 @@ import yaml
 
 from maskcd.cli import one_line_errors
 from maskcd.errors import InputError
+from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
 
 PROG = "maskcd-map"
@@ -99,7 +100,7 @@ def resolve_options(args: argparse.Namespace) -> MapOptions:
     opts = MapOptions(**values)
     for key, ok in (("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
                     ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
-                    ("tile", opts.tile is None or opts.tile >= 16)):
+                    ("tile", opts.tile is None or opts.tile >= 16), ("blend", opts.blend in BLEND_MODES)):
         if not ok:
             raise InputError(f"invalid {key} {getattr(opts, key)!r}: see maskcd-map --help")
     return opts

@@ -1,11 +1,14 @@
 """``map_scene``: two GeoTIFFs → probability COG, mask COG and a styled GeoPackage (stages 1–6 wired together).
 
 Every output is written under a temporary name and renamed only when all stages succeeded; on any error the
-temporaries are removed, so a failed run leaves nothing behind.
+temporaries are removed, so a failed run leaves nothing behind. A run that is killed outright (SIGKILL, OOM killer)
+cannot clean up: it holds a lock file in its output folders, and the next run there removes what it left behind
+(see :mod:`maskcd.inference.cleanup`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -21,7 +24,17 @@ from pathlib import Path
 import rasterio
 import torch
 
-from maskcd.errors import InputError, OutputExistsError
+from maskcd.errors import DiskFullError, InputError, MaskCDError, OutputExistsError
+from maskcd.inference.cleanup import (
+    RunLock,
+    check_free_space,
+    enospc_path,
+    estimate_run_bytes,
+    format_bytes,
+    is_enospc,
+    shared_run_id,
+    sweep_dead_runs,
+)
 from maskcd.inference.dataset import WindowDataset
 from maskcd.inference.options import MapOptions, MapResult
 from maskcd.inference.predict import make_accelerator, predict_to_store
@@ -253,6 +266,47 @@ def map_rasters(
         raise
 
 
+def _space_needs(before, options: MapOptions, model, prob_out: Path, mask_out: Path) -> tuple[dict, str]:
+    """Folder → bytes this run needs at its peak (estimated from the size of ``before``, whose grid is the reference),
+    and what for. Empty when ``before`` cannot be opened (the alignment stage then reports that with its own line)."""
+    try:
+        with rasterio.open(before) as ds:
+            height, width = ds.height, ds.width
+        tile = int(options.tile or model.inference_spec.tile_size)
+        overlap = resolve_overlap(tile, options.overlap)
+    except Exception:  # reported by align_pair / map_rasters with their one-line errors
+        return {}, ""
+    est = estimate_run_bytes(height, width, tile, overlap)
+    needs = {prob_out.parent: est["tiles"] + est["prob"]}
+    needs[mask_out.parent] = needs.get(mask_out.parent, 0) + est["mask"]
+    return needs, f"tile store and COGs of a {width}×{height} scene"
+
+
+@contextlib.contextmanager
+def _run_guard(outputs: list[Path], run_id: str, needs: dict, what: str):
+    """On the main process: remove what dead runs left in the output folders, check the free space, then hold this
+    run's lock there."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    folders = sorted({p.parent.resolve() for p in outputs})
+    for folder in folders:
+        sweep_dead_runs(folder)
+    check_free_space(needs, what)
+    with RunLock(folders, run_id):
+        yield
+
+
+def _disk_full(err: BaseException, folder: Path, needs: dict) -> DiskFullError:
+    path = enospc_path(err) or str(folder)
+    need = sum(needs.values())
+    about = f"; this run needs about {format_bytes(need)} in total" if need else ""
+    return DiskFullError(
+        f"no space left on the device while writing {path}{about}: free some space or write the outputs to another "
+        f"disk (partial files were removed)"
+    )
+
+
 def map_scene(
     before: str | os.PathLike,
     after: str | os.PathLike,
@@ -283,9 +337,10 @@ def map_scene(
     Raises:
         InputError: Bad input (one line naming the file and the fix).
         OutputExistsError: An output exists and ``options.overwrite`` is false.
+        DiskFullError: Too little free space for the estimated need, or ENOSPC while writing (nothing is left).
     """
     t_start = time.perf_counter()
-    run_id = uuid.uuid4().hex[:12]
+    run_id = shared_run_id(uuid.uuid4().hex[:12], options.device)
     out, prob_out, mask_out = output_paths(out_gpkg, options)
     _check_outputs([out, prob_out, mask_out], options.overwrite)
 
@@ -299,7 +354,8 @@ def map_scene(
 
     tmp_prob = prob_out.with_name(f".{prob_out.name}.{run_id}.tif")
     tmp_mask = mask_out.with_name(f".{mask_out.name}.{run_id}.tif")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):
+    needs, what = _space_needs(before, options, model, prob_out, mask_out)
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), _run_guard([out, prob_out, mask_out], run_id, needs, what):
         try:
             rr = map_rasters(before, after, tmp_prob, tmp_mask, options, model=model, progress=progress)
             timings = {"load_model_s": load_s, **rr.timings}
@@ -355,9 +411,11 @@ def map_scene(
             os.replace(tmp_prob, prob_out)
             os.replace(tmp_mask, mask_out)
             timings["write_s"] = time.perf_counter() - t
-        except BaseException:
+        except BaseException as err:
             for p in (tmp_prob, tmp_mask):
                 p.unlink(missing_ok=True)
+            if isinstance(err, Exception) and not isinstance(err, MaskCDError) and is_enospc(err):
+                raise _disk_full(err, prob_out.parent, needs) from err
             raise
     timings["total_s"] = time.perf_counter() - t_start
     return MapResult(

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from maskcd.errors import MaskCDError
+from maskcd.errors import InputError, MaskCDError
+from maskcd.inference.cleanup import die_with_parent
 from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
 
@@ -38,7 +39,7 @@ def make_accelerator(device: str = "auto", bf16: bool | None = None):
     want_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
+            raise InputError(f"--device {device}: CUDA is not available on this machine; pass --device cpu")
         if ":" in device and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             torch.cuda.set_device(int(device.split(":", 1)[1]))
     use_bf16 = (not want_cpu) if bf16 is None else bool(bf16)
@@ -104,6 +105,7 @@ def predict_to_store(
         pin_memory=accelerator.device.type == "cuda",
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=die_with_parent() if workers > 0 else None,  # no orphaned readers if this process is killed
     )
     loader = accelerator.prepare_data_loader(loader, device_placement=True)
     device = accelerator.device

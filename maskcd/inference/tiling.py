@@ -21,6 +21,8 @@ import pandas as pd
 import shapely
 from geopandas import GeoDataFrame
 
+from maskcd.errors import InputError
+
 
 @dataclass(frozen=True)
 class TileWindow:
@@ -37,12 +39,16 @@ class TileWindow:
 
 
 def resolve_overlap(tile: int, overlap: float) -> int:
-    """Overlap in pixels from an int ≥ 1 (pixels) or a fraction < 1 of the tile; clipped to ``[0, tile/2]``."""
+    """Overlap in pixels from an int ≥ 1 (pixels) or a fraction < 1 of the tile, in ``[0, tile/2]``.
+
+    Raises:
+        InputError: a negative overlap, or one of more than half the tile.
+    """
     px = int(round(overlap * tile)) if 0 < overlap < 1 else int(round(overlap))
     if px < 0:
-        raise ValueError(f"overlap must be ≥ 0, got {overlap}")
+        raise InputError(f"overlap must be ≥ 0, got {overlap}: pass --overlap in px (≥ 1) or as a fraction (< 1)")
     if px > tile // 2:
-        raise ValueError(f"overlap {px} px is more than half the tile {tile}: pass --overlap ≤ {tile // 2} (or ≤ 0.5)")
+        raise InputError(f"overlap {px} px is more than half the tile {tile}: pass --overlap ≤ {tile // 2} (or ≤ 0.5)")
     return px
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from maskcd.errors import ConfigError
+
 IGNORE_INDEX = 255
 """Label value that is excluded from losses and metrics."""
 
@@ -102,12 +104,12 @@ def pop_inference_spec(kwargs: dict, valid_keys, family: str) -> InferenceSpec:
     """Check a preset's config keys and take the :class:`InferenceSpec` fields out of ``kwargs`` (in place).
 
     Raises:
-        ValueError: for a key that is neither in ``valid_keys`` nor an inference-spec field, listing the valid ones.
+        ConfigError: for a key that is neither in ``valid_keys`` nor an inference-spec field, listing the valid ones.
     """
     valid = set(valid_keys) | set(INFERENCE_KEYS)
     unknown = sorted(set(kwargs) - valid)
     if unknown:
-        raise ValueError(f"unknown {family} config keys {unknown}; valid keys: {sorted(valid)}")
+        raise ConfigError(f"unknown {family} config keys {unknown}; valid keys: {sorted(valid)}")
     return _spec_from({k: kwargs.pop(k) for k in INFERENCE_KEYS if k in kwargs})
 
 

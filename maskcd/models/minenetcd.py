@@ -36,7 +36,6 @@ Like the published model, training needs at least 2 pairs per batch: UperNet's p
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -56,8 +55,10 @@ from maskcd.models.base import (
     pop_inference_spec,
     set_inference_spec,
 )
+from maskcd.errors import CheckpointError, ConfigError
 from maskcd.models.registry import register_architecture, register_legacy_loader
 from maskcd.models.vmamba import VMambaBackbone, VMambaConfig, vmamba_shapes_from_state_dict
+from maskcd.models.weights_io import read_config, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def _backbone_config(backbone_type: str, in_channels: int, overrides: dict | Non
         cfg.pop("model_type", None)
         return VMambaConfig(**cfg, in_channels=in_channels)
     else:
-        raise ValueError(f"unknown MineNetCD backbone_type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}")
+        raise ConfigError(f"unknown MineNetCD backbone_type {backbone_type!r}; valid: {', '.join(BACKBONE_TYPES)}")
     cfg.update(overrides or {})
     cfg["num_channels"] = in_channels
     cfg["out_features"] = list(OUT_FEATURES)
@@ -291,22 +292,6 @@ def _is_legacy_minenetcd(cfg: dict) -> bool:
     )
 
 
-def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors (safetensors, or a pickle read with ``weights_only=True`` and mmap)."""
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(st))
-    pt = folder / "pytorch_model.bin"
-    if not pt.is_file():
-        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
-    try:
-        return torch.load(pt, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-        return torch.load(pt, map_location="cpu", weights_only=True)
-
-
 def _swin_shapes_from_weights(sd: dict[str, torch.Tensor]) -> dict:
     """Swin ``embed_dim``, ``depths``, ``num_heads`` and ``window_size`` as stored in a legacy ``backbone.*`` state."""
     embed = sd["backbone.embeddings.patch_embeddings.projection.weight"].shape[0]
@@ -347,7 +332,7 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
     """
     btype = cfg["Backbone_type"]
     if btype not in BACKBONE_TYPES:
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: MineNetCD Backbone_type {btype!r} is not supported by maskcd (the concatenation variants are "
             f"not implemented); supported: {', '.join(BACKBONE_TYPES)}"
         )
@@ -356,7 +341,7 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
         try:
             shapes = vmamba_shapes_from_state_dict(state_dict)
         except KeyError as exc:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: Backbone_type {btype} but the weights hold no VMamba backbone ({exc}); "
                 f"fix Backbone_type in config.json or use the matching model.safetensors"
             ) from None
@@ -390,7 +375,7 @@ def legacy_minenetcd_config(cfg: dict, state_dict: dict[str, torch.Tensor], sour
         shapes = _resnet_shapes_from_weights(state_dict)
         named = RESNET_BACKBONES[btype]
         if shapes["depths"] != named["depths"] or shapes["layer_type"] != named["layer_type"]:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: Backbone_type {btype} expects a ResNet with depths {named['depths']} "
                 f"({named['layer_type']}) but the weights hold depths {shapes['depths']} ({shapes['layer_type']}); "
                 f"fix Backbone_type in config.json"
@@ -418,7 +403,7 @@ def _load_vmamba_strict(folder: Path, config: UperNetConfig, state_dict: dict) -
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     if missing or unexpected or mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"{folder}: the checkpoint does not match the MineNetCD VMamba layout built from its config.json "
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}, mismatched {mismatched[:5]}; "
             f"{len(missing)}/{len(unexpected)}/{len(mismatched)} in all); refusing to run with random weights"
@@ -434,9 +419,8 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
     ADE/ImageNet mean and std, which are the defaults.
     """
     folder = Path(folder)
-    with open(folder / "config.json") as f:
-        cfg = json.load(f)
-    state_dict = _read_state_dict(folder)
+    cfg = read_config(folder)
+    state_dict = read_state_dict(folder)
     config = legacy_minenetcd_config(cfg, state_dict, source=str(folder / "config.json"))
     if cfg["Backbone_type"] in VMAMBA_BACKBONES:
         model = _load_vmamba_strict(folder, config, state_dict)
@@ -446,7 +430,7 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
     model, info = MineNetCDForChangeDetection.from_pretrained(folder, config=config, output_loading_info=True, **kwargs)
     missing = [k for k in info["missing_keys"] if "relative_position_index" not in k]
     if missing or info.get("mismatched_keys"):
-        raise ValueError(
+        raise CheckpointError(
             f"{folder}: the checkpoint does not match the MineNetCD layout built from its config.json "
             f"(missing {missing[:5]}, mismatched {list(info.get('mismatched_keys') or [])[:5]})"
         )

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -25,6 +24,9 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+
+from maskcd.errors import ConfigError, ModelNotFoundError
+from maskcd.models.weights_io import checkpoint_errors, read_config, require_weights
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class Architecture:
         name: Registry key stored in saved configs as ``maskcd_architecture``.
         model_cls: The ``PreTrainedModel`` subclass.
         build_config: Callable turning a preset's ``config`` mapping (plus overrides) into a config instance; it must
-            raise ``ValueError`` naming the valid keys for an unknown key.
+            raise :class:`~maskcd.errors.ConfigError` naming the valid keys for an unknown key.
     """
 
     name: str
@@ -88,7 +90,7 @@ def _read_preset(path: str) -> dict:
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     if "architecture" not in data:
-        raise ValueError(f"preset file {path} has no 'architecture' key")
+        raise ConfigError(f"preset file {path} has no 'architecture' key: add the name of a registered architecture")
     return data
 
 
@@ -105,7 +107,7 @@ def list_models() -> list[str]:
 def preset_info(name: str) -> dict:
     presets = _presets()
     if name not in presets:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(presets))}")
+        raise ModelNotFoundError(f"unknown model {name!r}; valid names: {', '.join(sorted(presets))}")
     return presets[name]
 
 
@@ -114,14 +116,14 @@ def build_model(name: str, **overrides):
 
     Args:
         name: Preset name (see :func:`list_models`).
-        **overrides: Config keys to override (e.g. ``num_labels=2``); an unknown key raises ``ValueError`` listing the
-            valid ones.
+        **overrides: Config keys to override (e.g. ``num_labels=2``); an unknown key raises
+            :class:`~maskcd.errors.ConfigError` listing the valid ones.
     """
     info = preset_info(name)
     archs = architectures()
     arch = archs.get(info["architecture"])
     if arch is None:
-        raise ValueError(f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {sorted(archs)}")
+        raise ConfigError(f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {sorted(archs)}")
     config = arch.build_config(**{**(info.get("config") or {}), **overrides})
     config.maskcd_architecture = arch.name
     config.maskcd_preset = name
@@ -155,10 +157,6 @@ def task_aliases() -> dict[str, TaskAlias]:
 def _is_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
-
-class ModelNotFoundError(ValueError):
-    """Raised when ``load_model`` cannot resolve its argument; the message says what to pass instead."""
 
 
 def _download(repo_id: str) -> Path:
@@ -207,9 +205,11 @@ def own_storage(model):
 def load_model(name_or_path: str | os.PathLike, **kwargs):
     """Load a model from a preset name, a task alias, a local folder (maskcd or published legacy format) or a Hub id.
 
-    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only. Loaded weights
-    are copied into fresh allocator-owned storage (:func:`own_storage`), so that outputs do not depend on where the
-    file mapping put them.
+    Weights are read from safetensors, or from pickles with ``torch.load(weights_only=True)`` only; a bad
+    ``config.json`` or weights file raises :class:`~maskcd.errors.CheckpointError` (see
+    :mod:`maskcd.models.weights_io`, which legacy loaders use to read their files). Loaded weights are copied into
+    fresh allocator-owned storage (:func:`own_storage`), so that outputs do not depend on where the file mapping put
+    them.
     """
     return own_storage(_load_model(name_or_path, **kwargs))
 
@@ -233,18 +233,20 @@ def _load_model(name_or_path: str | os.PathLike, **kwargs):
         folder = _download(text)
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"{folder} is not a model folder: it needs a config.json next to the weights")
-    with open(folder / "config.json") as f:
-        cfg = json.load(f)
+    cfg = read_config(folder)
     arch_name = cfg.get("maskcd_architecture")
     if arch_name:
         arch = _ARCHITECTURES.get(arch_name)
         if arch is None:
             raise ModelNotFoundError(f"{folder}: unknown maskcd_architecture {arch_name!r}; known: {sorted(_ARCHITECTURES)}")
-        return arch.model_cls.from_pretrained(folder, **kwargs)
+        require_weights(folder)  # a missing weights file is one line, not transformers' OSError
+        with checkpoint_errors(folder):
+            return arch.model_cls.from_pretrained(folder, **kwargs)
     for name, matches, loader in _LEGACY_LOADERS:
         if matches(cfg):
             logger.info("loading %s as a published %s checkpoint", folder, name)
-            return loader(folder, **kwargs)
+            with checkpoint_errors(folder):
+                return loader(folder, **kwargs)
     raise ModelNotFoundError(
         f"{folder}/config.json is neither a maskcd checkpoint nor a known published format "
         f"({', '.join(n for n, _, _ in _LEGACY_LOADERS)})"

@@ -269,34 +269,24 @@ def is_ucd_config(cfg: dict) -> bool:
 
 
 def _read_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """The checkpoint's tensors (safetensors, re-adding the shared tensors safetensors dropped; or a pickle read
-    with ``weights_only=True``)."""
-    st = folder / "model.safetensors"
-    if st.is_file():
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
+    """The checkpoint's tensors, read by :func:`maskcd.models.weights_io.read_state_dict` (safetensors, or a pickle
+    with ``weights_only=True``; one-line errors for missing, truncated or code-carrying files), with the shared
+    tensors that safetensors' ``save_model`` dropped re-added from its ``{dropped name: kept name}`` metadata."""
+    from maskcd.models.weights_io import read_state_dict, weight_file
 
-        try:
-            tensors = load_file(str(st))
-            with safe_open(str(st), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UCDCheckpointError(f"{st}: not a readable safetensors file ({err}); download it again") from err
-        # safetensors' save_model drops duplicates of shared tensors and records {dropped name: kept name}
+    path = weight_file(folder)
+    tensors = read_state_dict(path)
+    if not isinstance(tensors, dict):
+        raise UCDCheckpointError(f"{path}: holds a {type(tensors).__name__}, not a state dict")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
         for dropped, kept in metadata.items():
             if dropped not in tensors and kept in tensors:
                 tensors[dropped] = tensors[kept]
-        return tensors, st
-    pt = folder / "pytorch_model.bin"
-    if not pt.is_file():
-        raise UCDCheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
-    try:
-        tensors = torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is the same user error
-        raise UCDCheckpointError(f"{pt}: not a readable PyTorch weights file ({err}); download it again") from err
-    if not isinstance(tensors, dict):
-        raise UCDCheckpointError(f"{pt}: holds a {type(tensors).__name__}, not a state dict")
-    return tensors, pt
+    return tensors, path
 
 
 def strip_prefix(tensors: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], str]:

@@ -50,7 +50,7 @@ def _metadata_frame(layer: str, metadata: dict) -> pd.DataFrame:
 
 def _write_layer(gdf, path: Path, layer: str, *, create: bool, replace: bool, geometry_type: str | None) -> None:
     if layer in RESERVED_LAYERS:
-        raise ValueError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
+        raise InputError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
     layer_options = {"SPATIAL_INDEX": "YES"}
     if replace:
         layer_options["OVERWRITE"] = "YES"
@@ -167,7 +167,7 @@ def add_layer_to_gpkg(
     if not path.is_file():
         raise InputError(f"{path}: GeoPackage does not exist; create it with write_changes_gpkg first")
     if layer in RESERVED_LAYERS:
-        raise ValueError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
+        raise InputError(f"layer name {layer!r} is reserved for the GeoPackage's own tables; choose another")
     existing = {name for name, _ in pyogrio.list_layers(path)}
     if layer in existing and not overwrite_layer:
         raise OutputExistsError(f"{path}: layer {layer!r} exists; pass overwrite_layer=True or choose another name")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from maskcd.errors import InputError
+
 LAYER_STYLES_COLUMNS = [
     "f_table_catalog", "f_table_schema", "f_table_name", "f_geometry_column", "styleName", "styleQML", "styleSLD",
     "useAsDefault", "description", "owner", "ui", "update_time",
@@ -29,7 +31,7 @@ def load_qml(style: str | os.PathLike = DEFAULT_STYLE) -> str:
         return path.read_text(encoding="utf-8")
     ref = resources.files("maskcd") / "styles" / f"{style}.qml"
     if not ref.is_file():
-        raise ValueError(f"unknown style {style!r}: pass a .qml file or one of the packaged styles in maskcd/styles/")
+        raise InputError(f"unknown style {style!r}: pass a .qml file or one of the packaged styles in maskcd/styles/")
     return ref.read_text(encoding="utf-8")
 
 

@@ -116,7 +116,6 @@ def test_default_model_is_the_mining_task_alias():
 
 
 def test_full_run_then_exists_then_overwrite(tmp_path, scene_pair, capsys):
-    pytest.importorskip("maskcd.vectorization")
     from maskcd.vectorization import read_run_metadata
 
     a, b = scene_pair()

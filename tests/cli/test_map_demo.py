@@ -14,10 +14,9 @@ WEIGHTS = Path(maskcd.__file__).resolve().parent / "weights" / "demo"
 
 
 def test_demo_maps_and_scores(tmp_path, capsys):
-    pytest.importorskip("maskcd.vectorization")
-    pytest.importorskip("maskcd.data.synthetic")
-    if not (WEIGHTS / "config.json").is_file():
-        pytest.skip(f"demo checkpoint {WEIGHTS} not committed yet (issue 4)")
+    assert (WEIGHTS / "config.json").is_file() and (WEIGHTS / "model.safetensors").is_file(), (
+        f"the demo checkpoint {WEIGHTS} ships with the package"
+    )
     out = tmp_path / "demo.gpkg"
     rc = main(["--demo", "-o", str(out), "--device", "cpu", "-q"])
     captured = capsys.readouterr()

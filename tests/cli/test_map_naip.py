@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import pytest
 import rasterio
 
 from maskcd.cli.map import main
@@ -13,7 +12,6 @@ FOLDER = ("geotiff_bitemporal", "naip_northdakota_m_4709963_se_14")
 
 
 def test_naip_2009_2020_writes_a_styled_geopackage_in_the_input_crs(tmp_path, shared_data, capsys):
-    pytest.importorskip("maskcd.vectorization")
     import geopandas as gpd
 
     folder = shared_data(*FOLDER)

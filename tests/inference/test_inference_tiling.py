@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from torchgeo.samplers.utils import tile_to_chips
 
+from maskcd.errors import InputError
 from maskcd.inference.blend import WEIGHT_FLOOR, window_weights
 from maskcd.inference.store import TileStore
 from maskcd.inference.tiling import grid_windows, resolve_overlap
@@ -57,7 +58,7 @@ def test_resolve_overlap():
     assert resolve_overlap(256, 0.25) == 64
     assert resolve_overlap(256, 32) == 32
     assert resolve_overlap(256, 0) == 0
-    with pytest.raises(ValueError, match="half the tile"):
+    with pytest.raises(InputError, match="half the tile"):
         resolve_overlap(256, 200)
 
 

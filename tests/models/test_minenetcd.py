@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from maskcd.errors import CheckpointError, ConfigError
 from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.minenetcd import EinFFT, MineNetCDForChangeDetection
 
@@ -134,7 +135,7 @@ def test_legacy_resnet_checkpoint_loads_and_checks_its_depths(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["Backbone_type"] = "ResNet_Diff_50"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"ResNet_Diff_50 expects a ResNet with depths \[3, 4, 6, 3\]"):
+    with pytest.raises(CheckpointError, match=r"ResNet_Diff_50 expects a ResNet with depths \[3, 4, 6, 3\]"):
         load_model(tmp_path)
 
 
@@ -144,7 +145,7 @@ def test_unsupported_legacy_backbone_is_named(tmp_path):
                     "architectures": ["UperNetForSemanticSegmentation"]})
     )
     torch.save({}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="'Swin'.*not supported"):
+    with pytest.raises(CheckpointError, match="'Swin'.*not supported"):
         load_model(tmp_path)
 
 
@@ -172,7 +173,7 @@ def test_resnet_backbone_runs_on_odd_sizes_with_labels():
 
 
 def test_unknown_config_key_lists_valid_keys():
-    with pytest.raises(ValueError, match="valid keys"):
+    with pytest.raises(ConfigError, match="valid keys"):
         build_model("minenetcd-tiny", bogus=1)
-    with pytest.raises(ValueError, match="Swin_Diff_T"):
+    with pytest.raises(ConfigError, match="Swin_Diff_T"):
         build_model("minenetcd-tiny", backbone_type="VGG")

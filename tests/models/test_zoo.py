@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from maskcd.errors import ConfigError
 from maskcd.models import build_model, count_parameters, list_models, load_model
 from maskcd.models.registry import preset_info
 
@@ -368,7 +369,7 @@ def test_wrong_band_count_and_unknown_keys_are_explained():
     model = tiny_model("fc-ef")
     with pytest.raises(ValueError, match="expected 3 input bands"):
         model(torch.randn(1, 4, 32, 32), torch.randn(1, 4, 32, 32))
-    with pytest.raises(ValueError, match="valid keys"):
+    with pytest.raises(ConfigError, match="valid keys"):
         build_model("snunet", width=3)
 
 

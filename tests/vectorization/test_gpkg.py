@@ -144,7 +144,7 @@ def test_add_layers_to_an_existing_geopackage(tmp_path, changes):
     assert _sql(out, "SELECT count(*) FROM layer_styles WHERE f_table_name='changes_2021'")[0][0] == 1
     assert read_run_metadata(out, layer="changes_2021") == {"v": 2}
     assert _sql(out, "PRAGMA user_version")[0][0] == 10200
-    with pytest.raises(ValueError, match="reserved"):
+    with pytest.raises(InputError, match="reserved"):
         add_layer_to_gpkg(out, series, layer="layer_styles")
     assert not [f for f in _files(tmp_path) if "tmp" in f]
 

@@ -1,0 +1,163 @@
+"""Failures that clean up after themselves: a ``maskcd-map`` killed with SIGKILL while it writes tiles leaves no live
+process behind, and the next run in the same folder removes its leftovers and writes valid outputs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskcd.inference.cleanup import LOCK_PREFIX, RunLock, sweep_dead_runs
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+
+
+def _procs() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, process group, state) of every process, from /proc."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[int(d.name)] = (int(fields[1]), int(fields[2]), fields[0])
+    return out
+
+
+def _descendants(pid: int) -> set[int]:
+    procs = _procs()
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for child, (ppid, _, _) in procs.items():
+            if ppid == p and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pids, pgid: int) -> list[int]:
+    """Members of ``pids`` or of process group ``pgid`` that are still running (zombies count as dead)."""
+    return [p for p, (_, g, state) in _procs().items() if (p in pids or g == pgid) and state != "Z"]
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_path, geotiff_writer):
+    """Windows of 320² px: each item's validity mask (100 KB, pickled through the worker's pipe, unlike the tensors
+    that go through shared memory) overflows the 64 KB pipe, so after the kill the workers' queue feeders stay blocked
+    and, without a parent-death signal, the workers would hang at exit forever (the orphans of the issue)."""
+    rng = np.random.default_rng(5)
+    h, w = 640, 960
+    a = np.kron(rng.integers(20, 220, (3, h // 8, w // 8), dtype=np.uint8), np.ones((1, 8, 8), np.uint8))
+    b = a.copy()
+    b[:, 100:220, 150:330] = 250
+    geotiff_writer(tmp_path / "before.tif", a)
+    geotiff_writer(tmp_path / "after.tif", b)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "maskcd.cli.map", str(tmp_path / "before.tif"), str(tmp_path / "after.tif"),
+           "-o", str(out / "changes.gpkg"), "--model", "fc-ef", "--tile", "320", "--overlap", "0", "--batch-size", "1",
+           "--device", "cpu", "--workers", "2", "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    # wait until it writes tiles: the hidden store exists, holds data, and the DataLoader workers run
+    deadline = time.monotonic() + 300
+    workers: set[int] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        stores = list(out.glob("..changes_change_prob.tif.*.maskcd-tiles/tiles.f16"))
+        if stores and stores[0].exists() and stores[0].stat().st_blocks > 0:
+            workers = _descendants(proc.pid)
+            if len(workers) >= 2:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    assert len(workers) >= 2, "no DataLoader workers seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    leftovers = _hidden(out)
+    assert any(name.endswith(".maskcd-tiles") for name in leftovers), leftovers
+    assert any(name.startswith(LOCK_PREFIX) for name in leftovers), leftovers
+
+    # every process of the killed run is gone within 10 s (its readers die with their parent)
+    t0 = time.monotonic()
+    while _alive(workers, proc.pid) and time.monotonic() - t0 < 10:
+        time.sleep(0.1)
+    survivors = _alive(workers, proc.pid)
+    for pid in survivors:  # do not leave them running when the check fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"processes of the killed run still alive 10 s later: {survivors}"
+
+    # the next run in the same folder removes the leftovers and writes valid outputs
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "leftover" in rerun.stderr and ".maskcd-tiles" in rerun.stderr
+    assert _hidden(out) == []
+    assert sorted(p.name for p in out.iterdir()) == ["changes.gpkg", "changes_change_mask.tif",
+                                                     "changes_change_prob.tif"]
+    import pyogrio
+    import rasterio
+
+    with rasterio.open(out / "changes_change_mask.tif") as ds:
+        mask = ds.read(1)
+        assert ds.shape == (h, w) and ds.crs is not None
+    assert set(np.unique(mask)) <= {0, 1}
+    assert pyogrio.read_info(out / "changes.gpkg", layer="changes")["features"] >= 0
+    assert "geometry" in pyogrio.read_dataframe(out / "changes.gpkg", layer="changes").columns
+
+
+def test_sweep_removes_only_what_dead_runs_left(tmp_path):
+    dead, live = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
+    (tmp_path / f"{LOCK_PREFIX}{dead}.lock").write_text("999999999 " + dead)  # nobody holds it
+    names = [f".o_change_prob.tif.{dead}.tif", f"..o_change_prob.tif.{dead}.tif.maskcd-tiles",
+             f"..o_change_prob.tif.{dead}.tif.1234abcd.tmp.tiles.tif", f".o_change_prob.tif.{live}.tif",
+             f"..o_change_prob.tif.{live}.tif.maskcd-tiles", ".o.1234abcd.tmp.gpkg", ".keep-me", "o.gpkg"]
+    for name in names:
+        if name.endswith("maskcd-tiles"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "tiles.f16").write_bytes(b"\0" * 16)
+        else:
+            (tmp_path / name).write_bytes(b"x")
+    with RunLock([tmp_path], live):
+        removed = {p.name for p in sweep_dead_runs(tmp_path)}
+        assert removed == {f"{LOCK_PREFIX}{dead}.lock", *names[:3]}
+        # with a live run in the folder, a temporary GeoPackage that names no run may be that run's: kept
+        assert (tmp_path / ".o.1234abcd.tmp.gpkg").exists()
+    assert not (tmp_path / f"{LOCK_PREFIX}{live}.lock").exists()  # released and removed on exit
+    removed = {p.name for p in sweep_dead_runs(tmp_path)}
+    assert removed == {f".o_change_prob.tif.{live}.tif", f"..o_change_prob.tif.{live}.tif.maskcd-tiles",
+                       ".o.1234abcd.tmp.gpkg"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".keep-me", "o.gpkg"]
+
+
+def test_a_live_lock_held_by_another_process_is_respected(tmp_path):
+    run = "cccccccccccc"
+    script = (f"import sys, time; from maskcd.inference.cleanup import RunLock\n"
+              f"with RunLock([{str(tmp_path)!r}], {run!r}):\n    print('locked', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (tmp_path / f"..x.tif.{run}.tif.maskcd-tiles").mkdir()
+        assert sweep_dead_runs(tmp_path) == []
+        holder.kill()
+        holder.wait()
+        assert {p.name for p in sweep_dead_runs(tmp_path)} == {f"..x.tif.{run}.tif.maskcd-tiles",
+                                                               f"{LOCK_PREFIX}{run}.lock"}
+    finally:
+        holder.kill()
+        holder.stdout.close()
