@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 __all__ = ["linear_recurrence", "selective_scan"]
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 32
 _SAFE_LOG_RANGE = 60.0  # exp(±60) is far inside float32's range (±88)
 _SOFTPLUS_THRESHOLD = 20.0  # softplus(x) = x above this (torch's and the CUDA kernels' threshold)
 _TRIANGLES: dict[tuple, torch.Tensor] = {}
