@@ -14,8 +14,8 @@ The recurrence ``h_t = a_t h_{t-1} + b_t`` with ``a_t = exp(Δ_t A)`` is first-o
 parallel (:func:`linear_recurrence`):
 
 * the sequence is cut into chunks of ``chunk_size`` steps; inside a chunk the log-decays are summed cumulatively,
-  ``S_t = Σ_{s≤t} log a_s``, and ``h_t = exp(S_t) Σ_{s≤t} exp(-S_s) b_s`` (two cumulative sums, no loop; on CPU each
-  is one matrix product with a triangular matrix of ones, :func:`_chunk_cumsum`);
+  ``S_t = Σ_{s≤t} log a_s``, and ``h_t = exp(S_t) Σ_{s≤t} exp(-S_s) b_s`` (two cumulative sums, no loop; on CPU
+  each is one matrix product with a triangular matrix of ones, :func:`_chunk_cumsum`);
 * ``exp(-S_s)`` overflows once a chunk decays by more than ``e^60``; when any chunk of the tensor does, the chunks
   are instead solved by an associative doubling scan (Hillis–Steele, ``log2(chunk_size)`` steps) whose factors are all
   ``exp(≤ 0)``, so nothing can overflow;
