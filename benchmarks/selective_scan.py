@@ -9,8 +9,9 @@ weights with VMamba's initialisation): 11 scans, L = 4096, 1024, 256, 64 with 4 
 d_state 1. Each is timed with our :func:`maskcd.models.selective_scan.selective_scan` and with VMamba upstream's
 pure-PyTorch reference (``classification/models/csms6s.py``, the oracle's substitute for the CUDA kernel, read from
 ``../shared/reference_code``; nothing of it ships in maskcd), and the outputs are compared. Then the whole
-``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). Wall-clock on a possibly shared machine: compare
-the ratios of one run.
+``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). Per shape, our scan and the reference take turns
+and the best of ``--rounds`` / ``--reference-rounds`` runs counts, in wall clock and in thread CPU time (the latter
+meaningful with ``--threads 1``; it leaves out waiting for a core on a shared machine). Compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 import sys
 import time
 import warnings
@@ -69,6 +71,29 @@ def timed(fn, device: torch.device, seconds: float, min_runs: int = 2) -> float:
     return (time.perf_counter() - start) / n
 
 
+def best_of_interleaved(fns: dict, device: torch.device, rounds: dict) -> dict:
+    """Best wall-clock and best thread CPU time of each function, the functions taking turns (same machine load).
+
+    ``rounds[name]`` runs of each, after one warm-up; on a shared machine the minimum is the least disturbed run,
+    and the thread CPU time (meaningful with one intra-op thread) excludes time spent waiting for a core.
+    """
+    for fn in fns.values():
+        fn()
+    sync(device)
+    wall = {name: math.inf for name in fns}
+    cpu = dict(wall)
+    for i in range(max(rounds.values())):
+        for name, fn in fns.items():
+            if i >= rounds[name]:
+                continue
+            w0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            sync(device)
+            wall[name] = min(wall[name], time.perf_counter() - w0)
+            cpu[name] = min(cpu[name], time.thread_time() - c0)
+    return dict(wall=wall, cpu=cpu)
+
+
 def record_scans(model, size: int, device: torch.device) -> list[tuple]:
     """The arguments of every selective scan in one backbone pass over a ``size``² image."""
     calls = []
@@ -93,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=1.0, help="minimum timing per measurement")
+    parser.add_argument("--rounds", type=int, default=7, help="runs of our scan per shape (best of)")
+    parser.add_argument("--reference-rounds", type=int, default=3, help="runs of the reference per shape (best of)")
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--skip-reference", action="store_true", help="time only our scan and the model")
     parser.add_argument("--json", type=Path, default=None)
@@ -108,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}; "
           f"{len(calls)} scans of one VMamba-T backbone pass at {args.size}²")
     header = ("L", 5), ("channels", 9), ("ours ms", 9), ("reference ms", 13), ("speed-up", 9), ("max|diff|", 10)
-    print(" ".join(f"{name:>{width}}" for name, width in (*header, ("max|y|", 8))))
+    print(" ".join(f"{name:>{width}}" for name, width in (*header, ("max|y|", 8), ("cpu-time x", 9))))
     rows, seen = [], {}
     for call_args, kwargs in calls:
         u, delta, A, B, C, D, bias = call_args
@@ -118,27 +145,37 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with torch.inference_mode():
             ours_y = selective_scan(*call_args, **kwargs)
-            t_ours = timed(lambda: selective_scan(*call_args, **kwargs), device, args.seconds)
-            row = dict(L=u.shape[-1], channels=u.shape[1], blocks=1, ours_s=t_ours)
+            fns = dict(ours=lambda: selective_scan(*call_args, **kwargs))
+            if reference is not None:
+                fns["reference"] = lambda: reference(u, delta, A, B, C, D, bias, True)
+            times = best_of_interleaved(fns, device, dict(ours=args.rounds, reference=args.reference_rounds))
+            t_ours = times["wall"]["ours"]
+            row = dict(L=u.shape[-1], channels=u.shape[1], blocks=1, ours_s=t_ours, ours_cpu_s=times["cpu"]["ours"])
             if reference is not None:
                 ref_y = reference(u, delta, A, B, C, D, bias, True)
-                t_ref = timed(lambda: reference(u, delta, A, B, C, D, bias, True), device, args.seconds, 1)
-                row.update(reference_s=t_ref, max_abs_diff=(ours_y - ref_y).abs().max().item(),
-                           max_abs_y=ref_y.abs().max().item())
+                row.update(reference_s=times["wall"]["reference"], reference_cpu_s=times["cpu"]["reference"],
+                           max_abs_diff=(ours_y - ref_y).abs().max().item(), max_abs_y=ref_y.abs().max().item())
         seen[key] = row
         rows.append(row)
         ref_txt = (f"{row['reference_s'] * 1e3:13.1f} {row['reference_s'] / t_ours:8.1f}x "
-                   f"{row['max_abs_diff']:10.2e} {row['max_abs_y']:8.2f}") if reference is not None else ""
+                   f"{row['max_abs_diff']:10.2e} {row['max_abs_y']:8.2f} "
+                   f"{row['reference_cpu_s'] / row['ours_cpu_s']:8.1f}x") if reference is not None else ""
         print(f"{row['L']:5d} {row['channels']:9d} {t_ours * 1e3:9.1f} {ref_txt}")
     total_ours = sum(r["ours_s"] * r["blocks"] for r in rows)
     result = dict(device=str(device), threads=torch.get_num_threads(), size=args.size, scans=rows,
                   backbone_scans_ours_s=total_ours)
     if reference is not None:
         total_ref = sum(r["reference_s"] * r["blocks"] for r in rows)
+        cpu_ours = sum(r["ours_cpu_s"] * r["blocks"] for r in rows)
+        cpu_ref = sum(r["reference_cpu_s"] * r["blocks"] for r in rows)
         result.update(backbone_scans_reference_s=total_ref, speedup=total_ref / total_ours,
+                      backbone_scans_ours_cpu_s=cpu_ours, backbone_scans_reference_cpu_s=cpu_ref,
+                      speedup_cpu_time=cpu_ref / cpu_ours,
                       max_rel_diff=max(r["max_abs_diff"] / max(1.0, r["max_abs_y"]) for r in rows))
         print(f"all scans of one backbone pass: ours {total_ours * 1e3:.1f} ms, reference {total_ref * 1e3:.1f} ms "
               f"-> {total_ref / total_ours:.1f}x faster; max |diff| / max(1, |y|) {result['max_rel_diff']:.1e}")
+        print(f"thread CPU time (best runs): ours {cpu_ours * 1e3:.1f} ms, reference {cpu_ref * 1e3:.1f} ms "
+              f"-> {cpu_ref / cpu_ours:.1f}x")
     else:
         print(f"all scans of one backbone pass: ours {total_ours * 1e3:.1f} ms")
     a = torch.randn(1, 3, args.size, args.size, device=device)

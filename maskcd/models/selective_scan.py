@@ -14,13 +14,17 @@ The recurrence ``h_t = a_t h_{t-1} + b_t`` with ``a_t = exp(Δ_t A)`` is first-o
 parallel (:func:`linear_recurrence`):
 
 * the sequence is cut into chunks of ``chunk_size`` steps; inside a chunk the log-decays are summed cumulatively,
-  ``S_t = Σ_{s≤t} log a_s``, and ``h_t = exp(S_t) Σ_{s≤t} exp(-S_s) b_s`` (two cumulative sums, no loop);
+  ``S_t = Σ_{s≤t} log a_s``, and ``h_t = exp(S_t) Σ_{s≤t} exp(-S_s) b_s`` (two cumulative sums, no loop; on CPU
+  each is one matrix product with a triangular matrix of ones, :func:`_chunk_cumsum`);
 * ``exp(-S_s)`` overflows once a chunk decays by more than ``e^60``; when any chunk of the tensor does, the chunks
   are instead solved by an associative doubling scan (Hillis–Steele, ``log2(chunk_size)`` steps) whose factors are all
   ``exp(≤ 0)``, so nothing can overflow;
 * the state carried from one chunk to the next obeys the same recurrence over the chunk totals, which is solved by the
   same function (recursively), and is then added back with one multiply-add. Cumulative log sums never span more than
   one chunk, so long sequences lose no precision.
+
+Without autograd and with ``d_state = 1`` (VMamba v2), :func:`_scan_d1_inference` runs the whole scan as about a dozen
+in-place passes over cache-sized channel blocks, with the chunk-end states solved in float64 in one piece.
 
 Backward (a :class:`torch.autograd.Function`) solves the adjoint recurrence ``λ_t = g_t + a_{t+1} λ_{t+1}`` with the
 same parallel scan run backwards, so training stores only the decays and states, not every intermediate step.
@@ -29,13 +33,44 @@ Everything is ordinary tensor arithmetic: the same code runs on CPU and CUDA.
 
 from __future__ import annotations
 
+import math
+import threading
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["linear_recurrence", "selective_scan"]
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 32
 _SAFE_LOG_RANGE = 60.0  # exp(±60) is far inside float32's range (±88)
+_SOFTPLUS_THRESHOLD = 20.0  # softplus(x) = x above this (torch's and the CUDA kernels' threshold)
+_TRIANGLES: dict[tuple, torch.Tensor] = {}
+_SCRATCH = threading.local()
+
+
+def _upper_ones(size: int, like: torch.Tensor) -> torch.Tensor:
+    """The ``size × size`` upper-triangular matrix of ones: ``x @ U`` is the cumulative sum of ``x``'s rows."""
+    key = (size, like.dtype, like.device)
+    if key not in _TRIANGLES:
+        _TRIANGLES[key] = torch.ones(size, size, dtype=like.dtype, device=like.device).triu_()
+    return _TRIANGLES[key]
+
+
+def _chunk_cumsum(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Cumulative sum along the last (chunk) dim of a contiguous ``x``.
+
+    On CPU this is one matrix product with :func:`_upper_ones`: a chunk-sized GEMM runs at the speed of a couple of
+    elementwise passes, several times faster than ``torch.cumsum`` along a short contiguous dim. It is used only at
+    full float32 matmul precision (never TF32/bf16); GPUs keep ``torch.cumsum``.
+    """
+    size = x.shape[-1]
+    if x.device.type != "cpu" or size > 64 or torch.get_float32_matmul_precision() != "highest":
+        return torch.cumsum(x, -1, out=out) if out is not None else torch.cumsum(x, -1)
+    rows = x.reshape(-1, size)
+    if out is None:
+        return torch.mm(rows, _upper_ones(size, x)).view(x.shape)
+    torch.mm(rows, _upper_ones(size, x), out=out.view(-1, size))
+    return out
 
 
 def _doubling_scan(log_a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +104,7 @@ def _scan(log_a: torch.Tensor, b: torch.Tensor, chunk: int, nonpositive: bool = 
     lead = b.shape[:-1]
     log_a = log_a.reshape(*lead, n_chunks, size)
     b = b.reshape(*lead, n_chunks, size)
-    cum = torch.cumsum(log_a, dim=-1)  # chunk-local cumulative log decay S_t
+    cum = _chunk_cumsum(log_a)  # chunk-local cumulative log decay S_t
     if nonpositive:
         unsafe = cum[..., -1] < -_SAFE_LOG_RANGE
     else:
@@ -80,8 +115,8 @@ def _scan(log_a: torch.Tensor, b: torch.Tensor, chunk: int, nonpositive: bool = 
         fallback = _doubling_scan(log_a[unsafe], b[unsafe])[1]
     totals = cum[..., -1].clone() if n_chunks > 1 else None
     decay = cum.exp_()
-    h = b.div_(decay) if inplace else b / decay  # exp(-S_s) b_s
-    h.cumsum_(-1).mul_(decay)  # exp(S_t) Σ_{s≤t} exp(-S_s) b_s
+    h = _chunk_cumsum(b.div_(decay) if inplace else b / decay)  # Σ_{s≤t} exp(-S_s) b_s
+    h.mul_(decay)  # exp(S_t) Σ_{s≤t} exp(-S_s) b_s
     if fallback is not None:
         h[unsafe] = fallback
     if n_chunks > 1:
@@ -141,10 +176,6 @@ def _scan_rows(u, delta, A, B, C, D, bias, delta_softplus, chunk, nonpositive):
     if n_state == 1:  # no state axis: A (G, c, 1) and B, C (batch, G, 1, L) broadcast to (batch, G, c, L)
         log_a = delta * A
         drive = delta * u
-        if not torch.is_grad_enabled():  # inference: overwrite temporaries instead of allocating
-            h = _scan(log_a, drive.mul_(B), chunk, nonpositive, inplace=True)
-            h = h.mul_(C) if h.is_contiguous() else h * C
-            return h.addcmul_(u, D[..., None]) if D is not None else h
         h = linear_recurrence(log_a, drive * B, chunk, nonpositive)
         y = h * C
     else:
@@ -154,6 +185,106 @@ def _scan_rows(u, delta, A, B, C, D, bias, delta_softplus, chunk, nonpositive):
         y = torch.einsum("bgcnl,bgnl->bgcl", h, C)
     if D is not None:
         y = torch.addcmul(y, u, D[..., None])
+    return y
+
+
+def _chunk_end_states(log_totals: torch.Tensor, local_ends: torch.Tensor, chunk: int, nonpositive: bool):
+    """States at the chunk ends, ``c_k = exp(T_k) c_{k-1} + e_k`` along the last dim (``T``: chunk log-decays).
+
+    This level is ``chunk`` times smaller than the sequence; it is solved in one piece in float64 (exp stays exact
+    up to a decay of e^600 over the whole sequence), else by the general chunked scan.
+    """
+    cum = torch.cumsum(log_totals.double(), -1)
+    if nonpositive:
+        safe = bool(cum[..., -1].amin() >= -10 * _SAFE_LOG_RANGE)
+    else:
+        safe = bool(cum.abs().amax() <= 10 * _SAFE_LOG_RANGE)
+    if not safe:
+        return _scan(log_totals, local_ends, chunk, nonpositive, inplace=True)
+    decay = cum.exp_()
+    return torch.cumsum(local_ends.double().div_(decay), -1).mul_(decay).float()
+
+
+def _scan_d1_block(u, delta, A, B, C, D, bias, softplus, size, nonpositive, x, w, s, y):
+    """One channel block of :func:`_scan_d1_inference`: ``u``, ``delta`` ``(batch, G, c, P)`` (``P`` whole chunks),
+    ``A``, ``D``, ``bias`` ``(G, c, 1)``, ``B``, ``C`` ``(batch, G, 1, P)``; ``x``, ``w``, ``s`` contiguous
+    ``(batch, G, c, P)`` work buffers; writes ``y`` ``(batch, G, c, L ≤ P)``."""
+    if bias is not None:
+        torch.add(delta, bias, out=x)
+    else:
+        x.copy_(delta)
+    if softplus:  # log1p(exp(x)): torch's softplus up to exp's range (beyond, exp = inf shows in the check below)
+        x.exp_().log1p_()
+    torch.mul(x, u, out=w).mul_(B)  # drive Δ u B
+    log_a = x.mul_(A)
+    chunked = (*x.shape[:-1], x.shape[-1] // size, size)
+    cum = _chunk_cumsum(log_a.view(chunked), out=s.view(chunked))  # chunk-local S_t
+    if nonpositive:
+        unsafe = bool(cum[..., -1].amin() < -_SAFE_LOG_RANGE)
+    else:
+        lo, hi = torch.aminmax(cum)
+        unsafe = bool(lo < -_SAFE_LOG_RANGE) or bool(hi > _SAFE_LOG_RANGE)
+    if unsafe:  # a chunk decays by more than e^60 (or δ overflowed exp): exact softplus, the general scan
+        x = delta + bias if bias is not None else delta
+        x = F.softplus(x) if softplus else x
+        h = _scan(x * A, torch.mul(x, u).mul_(B), size, nonpositive, inplace=True)
+    else:
+        n_chunks = chunked[-2]
+        totals = cum[..., -1].clone() if n_chunks > 1 else None
+        decay = cum.exp_()
+        h = _chunk_cumsum(w.view(chunked).div_(decay), out=x.view(chunked))  # Σ_{s≤t} exp(-S_s) b_s
+        if n_chunks > 1:  # add each chunk's incoming state, solved over the chunk ends (recursively)
+            ends = _chunk_end_states(totals, h[..., -1] * decay[..., -1], size, nonpositive)
+            h[..., 1:, :].add_(ends[..., :-1, None])
+        h = h.mul_(decay).view(x.shape)
+    h = h.mul_(C)[..., : y.shape[-1]]
+    if D is not None:
+        torch.addcmul(h, u[..., : y.shape[-1]], D, out=y)
+    else:
+        y.copy_(h)
+
+
+def _work_buffers(numel: int, device: torch.device) -> torch.Tensor:
+    """Scratch memory for :func:`_scan_d1_inference`, kept per thread on CPU (no page faults on every call)."""
+    if device.type != "cpu":
+        return torch.empty(numel, device=device)
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH.buf = torch.empty(numel)
+    return buf[:numel]
+
+
+def _scan_d1_inference(u, delta, A, B, C, D, bias, softplus, chunk, nonpositive, block_elements):
+    """d_state = 1 without autograd: the scan in a dozen in-place passes over channel blocks that stay in cache.
+
+    Shapes as in :func:`_scan_rows` (``N = 1``). Per block: Δ = softplus(δ + bias), drive Δ u B, log decay Δ A, its
+    chunk-local cumulative sum S, exp(S), the second chunk-local sum, the carry between chunks, and ``y`` written
+    straight into the output (no per-block copy).
+    """
+    batch, groups, per_group, length = u.shape
+    size = max(2, min(chunk, length))
+    padded = -(-length // size) * size
+    if padded != length:  # identity steps at the end: Δ = 0 (δ = -inf before the softplus), u = B = C = 0
+        pad = (0, padded - length)
+        u, B, C = F.pad(u, pad), F.pad(B, pad), F.pad(C, pad)
+        delta = F.pad(delta, pad, value=-math.inf if softplus else 0.0)
+    y = torch.empty(batch, groups, per_group, length, device=u.device)
+    step = per_group
+    if u.device.type == "cpu":  # GPUs gain nothing from cache-sized blocks
+        step = max(1, min(per_group, block_elements // (batch * groups * padded)))
+    work = _work_buffers(3 * batch * groups * step * padded, u.device).view(3, -1)
+    A = A.view(groups, per_group, 1)
+    D = D.unsqueeze(-1) if D is not None else None
+    bias = bias.unsqueeze(-1) if bias is not None else None
+    for lo in range(0, per_group, step):  # a loop over channel blocks, never over the sequence
+        sl = slice(lo, min(per_group, lo + step))
+        n = sl.stop - lo
+        x, w, s = (buf[: batch * groups * n * padded].view(batch, groups, n, padded) for buf in work)
+        _scan_d1_block(
+            u[:, :, sl], delta[:, :, sl], A[:, sl], B, C,
+            D[:, sl] if D is not None else None, bias[:, sl] if bias is not None else None,
+            softplus, size, nonpositive, x, w, s, y[:, :, sl],
+        )
     return y
 
 
@@ -167,7 +298,7 @@ def selective_scan(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
-    block_elements: int = 1 << 17,
+    block_elements: int = 1 << 18,
 ) -> torch.Tensor:
     """VMamba's selective scan (module docstring) → ``y`` float32 ``(batch, K*C, L)``.
 
@@ -181,9 +312,9 @@ def selective_scan(
         delta_bias: Added to ``delta`` before the softplus, ``(K*C,)`` or None.
         delta_softplus: Apply ``softplus`` (threshold 20, as the CUDA kernels) to the biased ``delta``.
         chunk_size: Chunk length of the parallel scan.
-        block_elements: Without autograd on CPU, channels are processed in blocks of about this many elements so
-            the intermediates stay in cache (a loop over channel blocks, never over the sequence); with autograd or
-            on a GPU the whole tensor is processed at once.
+        block_elements: Without autograd on CPU, channels are processed in blocks of about this many elements
+            (``d_state = 1``: per block, else per group) so the intermediates stay in cache (a loop over channel
+            blocks, never over the sequence); with autograd or on a GPU the whole tensor is processed at once.
     """
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
@@ -204,7 +335,10 @@ def selective_scan(
     parts = (u, delta, A, B, C, D, bias)
     step = max(1, block_elements // max(1, length * n_state))
     tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in parts)
-    if tracked or u.device.type != "cpu" or step >= per_group:  # GPUs gain nothing from cache-sized blocks
+    if not tracked and n_state == 1:
+        with torch.no_grad():
+            y = _scan_d1_inference(*parts, delta_softplus, chunk_size, nonpositive, block_elements)
+    elif tracked or u.device.type != "cpu" or step >= per_group:  # GPUs gain nothing from cache-sized blocks
         y = _scan_rows(*parts, delta_softplus, chunk_size, nonpositive)
     else:
         y = torch.empty_like(u)

@@ -157,3 +157,17 @@ def test_scan_matches_vmamba_reference_scan():
         t = scan_inputs(7, 2, 4, 3, n_state, length)
         ref = reference(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["delta_bias"], True)
         assert_scaled_close(selective_scan(**t, chunk_size=32), ref)
+
+
+def test_inference_path_handles_huge_steps_padding_and_growth():
+    """Without autograd (the fast d_state = 1 path): δ beyond exp's range, a length no chunk divides, growing steps."""
+    t = scan_inputs(8, 2, 4, 3, 1, 70)
+    t["delta"][:, 2, 5:9] = 100.0  # softplus(δ) = δ where exp(δ) overflows float32
+    t["delta"][:, 7, 40] = 30.0
+    with torch.no_grad():
+        assert_scaled_close(selective_scan(**t, chunk_size=16, block_elements=64), naive_scan(**t))
+        kw = {k: v for k, v in t.items() if k != "delta_bias"}
+        kw["delta"] = kw["delta"] * 0.05  # no softplus: Δ of both signs, so some steps grow
+        assert_scaled_close(
+            selective_scan(**kw, delta_softplus=False, chunk_size=16), naive_scan(**kw, delta_softplus=False)
+        )
