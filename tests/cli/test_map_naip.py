@@ -13,7 +13,6 @@ FOLDER = ("geotiff_bitemporal", "naip_northdakota_m_4709963_se_14")
 
 
 def test_naip_2009_2020_writes_a_styled_geopackage_in_the_input_crs(tmp_path, shared_data, capsys):
-    pytest.importorskip("maskcd.vectorization")
     import geopandas as gpd
 
     folder = shared_data(*FOLDER)
