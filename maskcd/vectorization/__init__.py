@@ -3,7 +3,7 @@
 Public API::
 
     gdf = vectorize_changes(mask_path, prob_path, *, min_area_m2, simplify_m, attributes,
-                            chunk_size=4096, n_workers=2, scheduler="threads")
+                            chunk_size=2048, n_workers=2, scheduler="threads")
     write_changes_gpkg(gdf, out_path, *, layer="changes", metadata, overwrite=False, style="changes")
     stream_changes_gpkg(iter_changes(mask_path, prob_path, ...), out_path, *, layer, metadata, overwrite, style)
     add_layer_to_gpkg(gpkg_path, gdf, *, layer, metadata=None, style="changes", overwrite_layer=False)

@@ -59,6 +59,8 @@ PROB_SCALE = 254.0
 RESULT_COLUMNS = ["change_id", "area_m2", "perimeter_m", "n_pixels", "prob_mean", "prob_max"]
 SCHEDULERS = ("threads", "processes", "distributed", "synchronous")
 DEFAULT_SCHEDULER = "threads"
+DEFAULT_CHUNK = 2048
+"""Chunk side: a chunk task holds about 14 bytes per pixel (60 MB at 2048², 240 MB at 4096²) per worker."""
 
 
 @dataclass(frozen=True)
@@ -671,7 +673,7 @@ def iter_changes(
     min_area_m2: float,
     simplify_m: float | None,
     attributes: dict,
-    chunk_size: int = 4096,
+    chunk_size: int = DEFAULT_CHUNK,
     n_workers: int = 2,
     scheduler: str = DEFAULT_SCHEDULER,
     batch_rows: int = BATCH_ROWS,
@@ -751,7 +753,7 @@ def vectorize_changes(
     min_area_m2: float,
     simplify_m: float | None,
     attributes: dict,
-    chunk_size: int = 4096,
+    chunk_size: int = DEFAULT_CHUNK,
     n_workers: int = 2,
     scheduler: str = DEFAULT_SCHEDULER,
 ):
@@ -770,7 +772,8 @@ def vectorize_changes(
             removed, Visvalingam-Whyatt; neighbours stay non-overlapping). ``None`` or 0 keeps the pixel outline.
         attributes: Constant columns appended to every row (e.g. ``before_date``, ``after_date``, ``site_id``,
             ``model_name``, ``model_sha``, ``run_id``), in the given order.
-        chunk_size: Chunk side in pixels (rounded to a multiple of the file's tile size when it is tiled).
+        chunk_size: Chunk side in pixels (rounded to a multiple of the file's tile size when it is tiled); memory per
+            worker grows with its square, the result does not depend on it.
         n_workers: Parallel Dask workers.
         scheduler: ``"threads"`` (default), ``"processes"`` (forked on Linux), ``"distributed"`` (a LocalCluster of
             ``n_workers`` single-thread processes) or ``"synchronous"``. ``benchmarks/vectorize.py`` on the shared
