@@ -131,12 +131,14 @@ gdal.UseExceptions()
 t0 = time.perf_counter()
 src = gdal.Open(sys.argv[1])
 band = src.GetRasterBand(1)
-mask = gdal.Open(sys.argv[1]).GetRasterBand(1)
+mask_ds = gdal.Open(sys.argv[1])  # kept referenced: a band outlives no dataset
+mask = mask_ds.GetRasterBand(1)
 ds = ogr.GetDriverByName("GPKG").CreateDataSource(sys.argv[2])
 layer = ds.CreateLayer("changes", geom_type=ogr.wkbPolygon, srs=src.GetSpatialRef())
 layer.CreateField(ogr.FieldDefn("value", ogr.OFTInteger))
 gdal.Polygonize(band, mask, layer, 0, [], callback=None)
-layer = ds = src = None
+layer = ds = None  # closes the GeoPackage
+band = mask = src = mask_ds = None
 t1 = time.perf_counter()
 ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"total_s": t1 - t0, "imports_s": t0 - t_start, "cpu_s": ru.ru_utime + ru.ru_stime,
