@@ -14,12 +14,21 @@ Run: ``.venv/bin/python benchmarks/map_pipeline.py`` (CPU, Swin-T MaskCD, 1024²
     ``ru_maxrss`` counts pages shared with the parent.) The scenes are GDAL VRT mosaics of one seeded
     2048² synthetic pair (no 16k² file on disk); the model is a fast pixel-difference model (local mean of
     ``|after - before|``), because this part measures the pipeline's memory, not the model. Goal: flat and < 3 GB.
+(c2) Peak RSS of the vectorise-and-write stage alone (exactly what ``map_scene`` runs after the COGs: the streaming
+    :func:`maskcd.vectorization.iter_changes` into a :class:`~maskcd.vectorization.ChangesGpkgWriter`, one-pixel
+    simplification, min area 25 m²) on noise-like probability rasters of 2k² and 16k² (Gaussian-filtered white noise,
+    sigma 3 px, thresholded at p = 0.5 for about 16 % change: about 2,000 polygons per 2048² and about 10⁵ at 16k²), each
+    in a child process under ``/usr/bin/time -v`` (its "Maximum resident set size"; the child's ``VmHWM`` too). The
+    full model run is too slow on the shared 2-core machine at 16k², so the rasters are fed straight to the stage,
+    as ``map_scene`` does with its own COGs. Goal: peak at 16k² within 1.1x of the 2k² peak. ``--holding`` adds the
+    old whole-frame path (:func:`vectorize_changes` + :func:`write_changes_gpkg`) for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -213,6 +222,14 @@ def part_a(args, work: Path) -> None:
     print(f"    maskcd-map (map_scene): {', '.join(f'{v:.2f}' for v in maps)} s (best {t_map:.2f}; last run [{stages}]), "
           f"{res.n_polygons} polygons")
     print(f"    ratio map / bare forward = {t_map / t_ref:.3f} (goal <= 1.15: {'met' if t_map / t_ref <= 1.15 else 'NOT met'})")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "preset": args.preset, "device": args.device, "bf16": args.bf16, "size": args.size, "tile": tile,
+            "windows": len(windows), "bare_forward_s": t_ref, "map_s": t_map, "map_over_forward": t_map / t_ref,
+            "forward_pairs_per_s": len(windows) / t_ref, "forward_mp_per_s": len(windows) * tile * tile / 1e6 / t_ref,
+            "map_scene_mp_per_s": args.size**2 / 1e6 / t_map, "n_polygons": res.n_polygons,
+            "stages_s": {k: v for k, v in res.timings.items() if k.endswith("_s")},
+        }, indent=2))
 
 
 def write_mosaic_vrt(src: Path, dst: Path, size: int) -> Path:
@@ -265,6 +282,116 @@ def child_rss(args, work: Path) -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
 
 
+def write_noise_scene(folder: Path, size: int, seed: int = 11, sigma: float = 3.0) -> tuple[Path, Path]:
+    """Noise-like ``mask.tif``/``prob.tif`` (size², UTM 33N, 0.5 m, tiled 512, deflate), written in strips with a halo
+    so that memory stays small: p = sigmoid(2 z - 2) of Gaussian-filtered white noise z (unit variance), mask p >= 0.5.
+    """
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+    from scipy import ndimage
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mpath, ppath = folder / f"noise_mask_{size}.tif", folder / f"noise_prob_{size}.tif"
+    if mpath.is_file() and ppath.is_file():
+        return mpath, ppath
+    block, halo = 512, int(4 * sigma) + 1
+
+    def noise(k: int) -> np.ndarray:  # block k of white noise, the same whichever strip asks for it
+        rows = max(0, min(block, size - k * block))
+        return np.random.default_rng([seed, k]).standard_normal((rows, size), dtype=np.float32)
+
+    scale = 1.0 / (2.0 * math.sqrt(math.pi) * sigma)  # std of 2-D white noise filtered by a unit Gaussian
+    profile = dict(driver="GTiff", width=size, height=size, count=1, dtype="uint8", nodata=255, tiled=True,
+                   blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:32633",
+                   transform=from_origin(500000.0, 5100000.0, 0.5, 0.5), BIGTIFF="IF_SAFER")
+    tmp_m, tmp_p = mpath.with_suffix(".part.tif"), ppath.with_suffix(".part.tif")
+    n_blocks = -(-size // block)
+    with rasterio.open(tmp_m, "w", **profile) as m, rasterio.open(tmp_p, "w", **profile) as p:
+        for k in range(n_blocks):
+            parts = [b for b in (noise(k - 1)[-halo:] if k else None, noise(k),
+                                 noise(k + 1)[:halo] if k + 1 < n_blocks else None) if b is not None]
+            top = halo if k else 0
+            z = ndimage.gaussian_filter(np.concatenate(parts), sigma, mode="reflect")
+            z = z[top:top + len(parts[1 if k else 0])] / scale
+            prob = np.clip(np.rint(254.0 / (1.0 + np.exp(-(2.0 * z - 2.0)))), 0, 254).astype(np.uint8)
+            win = rasterio.windows.Window(0, k * block, size, len(z))
+            p.write(prob, 1, window=win)
+            m.write((prob >= 127).astype(np.uint8), 1, window=win)
+    tmp_m.replace(mpath)
+    tmp_p.replace(ppath)
+    return mpath, ppath
+
+
+def child_stage(args, work: Path) -> None:
+    """Vectorise + write one noise scene the way ``map_scene`` does (streamed), or holding all (``--holding``)."""
+    import rasterio
+
+    from maskcd.inference.pipeline import GDAL_CACHEMAX_MB
+    from maskcd.vectorization import ChangesGpkgWriter, iter_changes, vectorize_changes, write_changes_gpkg
+
+    mask, prob = write_noise_scene(work / "noise", args.child_stage)
+    import geopandas  # noqa: F401  (imported before the baseline, as in a maskcd-map run)
+
+    base_mb = _vm_hwm_mb()  # after the imports (torch is among them, as in maskcd-map)
+    out = work / f"stage_{args.child_stage}_{'hold' if args.holding else 'stream'}.gpkg"
+    kw = dict(min_area_m2=25.0, simplify_m=0.5, attributes={"run_id": "bench"}, n_workers=2)
+    t = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB):  # as map_scene runs the stage
+        if args.holding:
+            gdf = vectorize_changes(mask, prob, **kw)
+            write_changes_gpkg(gdf, out, metadata={"benchmark": "stage"}, overwrite=True)
+            n, held = len(gdf), len(gdf)
+        else:
+            stats: dict = {}
+            writer = ChangesGpkgWriter(out, overwrite=True)
+            for batch in iter_changes(mask, prob, stats=stats, **kw):
+                writer.append(batch)
+            n, held = writer.close({"benchmark": "stage"}).n_features, stats["peak_polygons_held"]
+    print(json.dumps({"size": args.child_stage, "wall_s": time.perf_counter() - t, "main_hwm_mb": _vm_hwm_mb(),
+                      "imports_mb": base_mb, "n_polygons": n, "peak_polygons_held": held, "holding": bool(args.holding)}))
+    out.unlink(missing_ok=True)
+
+
+def _time_v_max_rss_mb(stderr: str) -> float | None:
+    for line in stderr.splitlines():
+        if "Maximum resident set size" in line:
+            return int(line.rsplit(":", 1)[1]) / 1024
+    return None
+
+
+def part_c2(args, work: Path) -> None:
+    print(f"(c2) vectorise + write stage on noise-like rasters ({', '.join(f'{s}²' for s in args.stage_sizes)}), "
+          "each in a child process under /usr/bin/time -v")
+    peaks: dict[tuple[int, bool], float] = {}
+    for holding in (False, True) if args.holding else (False,):
+        for size in args.stage_sizes:
+            write_noise_scene(work / "noise", size)  # outside the measured child
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-stage", str(size), "--workdir", str(work)]
+            if holding:
+                cmd.append("--holding")
+            if Path("/usr/bin/time").is_file():
+                cmd = ["/usr/bin/time", "-v", *cmd]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            if proc.returncode != 0:
+                print(f"    {size}²: FAILED\n{proc.stderr[-2000:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rss = _time_v_max_rss_mb(proc.stderr)
+            peaks[(size, holding)] = rss if rss is not None else r["main_hwm_mb"]
+            print(f"    {'holding all' if holding else 'streamed   '} {size:>6}²: {r['n_polygons']:>7} polygons, peak RSS "
+                  f"{rss if rss is not None else float('nan'):.0f} MB (/usr/bin/time -v; VmHWM {r['main_hwm_mb']:.0f} MB, of which "
+                  f"{r['main_hwm_mb'] - r['imports_mb']:.0f} MB above the imports), "
+                  f"at most {r['peak_polygons_held']} polygons held, wall {r['wall_s']:.1f} s", flush=True)
+    for holding in (False, True):
+        sizes = [s for s in args.stage_sizes if (s, holding) in peaks]
+        if len(sizes) >= 2:
+            ratio = peaks[(max(sizes), holding)] / peaks[(min(sizes), holding)]
+            goal = "" if holding else f" (goal <= 1.1: {'met' if ratio <= 1.1 else 'NOT met'})"
+            print(f"    {'holding all' if holding else 'streamed'}: peak RSS {max(sizes)}² / {min(sizes)}² = "
+                  f"{ratio:.2f}{goal}")
+
+
 def part_c(args, work: Path) -> None:
     from maskcd.data.synthetic import make_scene_pair
 
@@ -312,8 +439,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-tile", type=int, default=1024)
     ap.add_argument("--skip-a", action="store_true")
     ap.add_argument("--skip-c", action="store_true")
+    ap.add_argument("--skip-c2", action="store_true")
+    ap.add_argument("--stage-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 16384],
+                    help="scene sizes of part (c2)")
+    ap.add_argument("--holding", action="store_true", help="(c2) also measure the old hold-everything path")
+    ap.add_argument("--child-stage", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--vectorize", action="store_true", help="also run part (b): benchmarks/vectorize.py")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="write the figures of part (a) to this JSON file")
     ap.add_argument("--child-rss", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
@@ -322,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     if args.child_rss:
         child_rss(args, work)
+        return 0
+    if args.child_stage:
+        child_stage(args, work)
         return 0
     import logging
 
@@ -337,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
                            check=False)
         if not args.skip_c:
             part_c(args, work)
+        if not args.skip_c2:
+            part_c2(args, work)
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)

@@ -329,7 +329,8 @@ def map_scene(
         attributes: Extra per-polygon attributes (``site_id``, ``before_date``...); dates read from the files' tags are
             used where these do not give them.
         progress: Show a tqdm bar (MP/s).
-        vectorize: Replacement for :func:`maskcd.vectorization.vectorize_changes` (same signature; benchmarks).
+        vectorize: Replacement for :func:`maskcd.vectorization.iter_changes` (same signature, returning GeoDataFrame
+            batches or one GeoDataFrame; benchmarks).
 
     Returns:
         A :class:`MapResult`; under ``accelerate launch`` only the main process writes outputs and fills it.
@@ -354,6 +355,7 @@ def map_scene(
 
     tmp_prob = prob_out.with_name(f".{prob_out.name}.{run_id}.tif")
     tmp_mask = mask_out.with_name(f".{mask_out.name}.{run_id}.tif")
+    writer = None
     needs, what = _space_needs(before, options, model, prob_out, mask_out)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), _run_guard([out, prob_out, mask_out], run_id, needs, what):
         try:
@@ -375,15 +377,21 @@ def map_scene(
             attrs.update({k: v for k, v in (attributes or {}).items() if v is not None})
             attrs = {k: v for k, v in attrs.items() if v is not None}
             if vectorize is None:
-                from maskcd.vectorization import vectorize_changes as vectorize
-            simplify = options.simplify if options.simplify is not None else grid.res[0]
-            gdf = vectorize(tmp_mask, tmp_prob, min_area_m2=float(options.min_area), simplify_m=simplify,
-                            attributes=attrs, n_workers=max(1, options.workers))
-            timings["vectorize_s"] = time.perf_counter() - t
+                from maskcd.vectorization import iter_changes as vectorize
+            from maskcd.vectorization import ChangesGpkgWriter
 
-            # 6. write
-            t = time.perf_counter()
-            changed_km2 = float(gdf["area_m2"].sum()) / 1e6 if len(gdf) else 0.0
+            simplify = options.simplify if options.simplify is not None else grid.res[0]
+            polygons = vectorize(tmp_mask, tmp_prob, min_area_m2=float(options.min_area), simplify_m=simplify,
+                                 attributes=attrs, n_workers=max(1, options.workers))
+            # streamed: finished polygons are appended batch by batch, memory does not grow with their number
+            writer = ChangesGpkgWriter(out, layer=options.layer, overwrite=options.overwrite)
+            for batch in [polygons] if hasattr(polygons, "geometry") else polygons:
+                writer.append(batch)
+            timings["vectorize_s"] = time.perf_counter() - t - writer.write_s
+
+            # 6. write (the rest: style, metadata, rename)
+            t = time.perf_counter() - writer.write_s
+            changed_km2 = writer.summary.area_m2 / 1e6
             metadata = {
                 "run_id": run_id,
                 "arguments": {**options.to_dict(), "tile": rr.tile, "overlap_px": rr.overlap},
@@ -405,15 +413,15 @@ def map_scene(
                 "versions": _versions(),
                 "outputs": {"prob": str(prob_out), "mask": str(mask_out)},
             }
-            from maskcd.vectorization import write_changes_gpkg
-
-            write_changes_gpkg(gdf, out, layer=options.layer, metadata=metadata, overwrite=options.overwrite)
+            writer.close(metadata)
             os.replace(tmp_prob, prob_out)
             os.replace(tmp_mask, mask_out)
             timings["write_s"] = time.perf_counter() - t
         except BaseException as err:
             for p in (tmp_prob, tmp_mask):
                 p.unlink(missing_ok=True)
+            if writer is not None:
+                writer.abort()
             if isinstance(err, Exception) and not isinstance(err, MaskCDError) and is_enospc(err):
                 raise _disk_full(err, prob_out.parent, needs) from err
             raise
@@ -424,7 +432,7 @@ def map_scene(
         mask_path=mask_out,
         n_pixels=grid.n_pixels,
         valid_km2=stats.valid_pixels * grid.pixel_area_m2 / 1e6,
-        n_polygons=len(gdf),
+        n_polygons=writer.summary.n_features,
         changed_km2=changed_km2,
         shift_px=(shift.dy, shift.dx),
         timings=timings,

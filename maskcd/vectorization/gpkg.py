@@ -1,6 +1,7 @@
 """Stage 6 of ``maskcd-map``: the QGIS-ready GeoPackage.
 
-:func:`write_changes_gpkg` creates a new GeoPackage; :func:`add_layer_to_gpkg` adds (or replaces) a layer in an existing
+:func:`write_changes_gpkg` creates a new GeoPackage (:func:`stream_changes_gpkg` does it from batches, holding one
+at a time); :func:`add_layer_to_gpkg` adds (or replaces) a layer in an existing
 one. Both work on a temporary copy in the destination folder and rename it into place, so a failure leaves the old file
 (or no file) untouched and no temporary file behind. Every file has:
 
@@ -15,7 +16,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -90,6 +94,130 @@ def _style_rows(path: Path, layer: str, style) -> None:
     _write_table(layer_styles_frame(layer, load_qml(style), geometry_column=geom_col), path, STYLES_TABLE)
 
 
+@dataclass
+class StreamSummary:
+    """What :func:`stream_changes_gpkg` wrote: the path, the feature count, the summed ``area_m2`` (0 when the
+    column is absent) and the seconds spent writing (GeoPackage calls only, not producing the batches)."""
+
+    path: Path
+    n_features: int = 0
+    area_m2: float = 0.0
+    write_s: float = 0.0
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: output folder does not exist; create it first")
+    if out.suffix.lower() != ".gpkg":
+        raise InputError(f"{out}: the output must be a .gpkg file")
+
+
+class ChangesGpkgWriter:
+    """A new QGIS-ready GeoPackage written batch by batch, holding one batch in memory at a time.
+
+    The first :meth:`append` creates the layer (MultiPolygon, R-tree); each later one appends with pyogrio in its own
+    transaction. Everything goes to a temporary file beside the destination; :meth:`close` adds the default style and
+    the ``run_metadata`` rows and renames it into place, :meth:`abort` removes it (an error inside either method
+    removes it too), so an interrupted run leaves no partial output.
+
+    Example::
+
+        writer = ChangesGpkgWriter(out, layer="changes", overwrite=False)
+        for batch in iter_changes(mask, prob, ...):
+            writer.append(batch)
+        writer.close(metadata)   # or writer.abort() on an error
+
+    Raises (constructor):
+        OutputExistsError: The destination exists and ``overwrite`` is False (nothing is written).
+        InputError: The destination folder does not exist or is not a ``.gpkg`` path.
+    """
+
+    def __init__(self, out_path: str | os.PathLike, *, layer: str = "changes", overwrite: bool = False,
+                 style: str | os.PathLike | None = DEFAULT_STYLE):
+        self.summary = StreamSummary(Path(out_path))
+        _check_destination(self.summary.path, overwrite)
+        self.layer, self.overwrite, self.style = layer, overwrite, style
+        self.tmp = _temp_path(self.summary.path)
+
+    @property
+    def write_s(self) -> float:
+        return self.summary.write_s
+
+    def append(self, gdf) -> None:
+        """Write one batch (a GeoDataFrame with a CRS; the first one, even empty, fixes the layer's columns)."""
+        t = time.perf_counter()
+        try:
+            if gdf.crs is None:
+                raise InputError(f"{self.summary.path}: the polygons have no CRS; vectorise a mask that carries one")
+            if not self.tmp.exists():
+                _write_layer(gdf, self.tmp, self.layer, create=True, replace=False, geometry_type="MultiPolygon")
+            elif len(gdf):
+                pyogrio.write_dataframe(gdf, self.tmp, layer=self.layer, driver="GPKG", promote_to_multi=True,
+                                        geometry_type="MultiPolygon", append=True)
+        except BaseException:
+            self.abort()
+            raise
+        self.summary.write_s += time.perf_counter() - t
+        self.summary.n_features += len(gdf)
+        if "area_m2" in gdf and len(gdf):
+            self.summary.area_m2 += float(gdf["area_m2"].sum())
+
+    def close(self, metadata: dict) -> StreamSummary:
+        """Add the style row and the ``run_metadata`` rows, rename into place; returns the summary."""
+        out, t = self.summary.path, time.perf_counter()
+        try:
+            if not self.tmp.exists():
+                raise InputError(f"{out}: no polygon batch was written (not even an empty one with the columns)")
+            _style_rows(self.tmp, self.layer, self.style)
+            _write_table(_metadata_frame(self.layer, metadata), self.tmp, METADATA_TABLE)
+            if out.exists() and not self.overwrite:  # appeared while we were writing
+                raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
+            os.replace(self.tmp, out)
+        except BaseException:
+            self.abort()
+            raise
+        self.summary.write_s += time.perf_counter() - t
+        return self.summary
+
+    def abort(self) -> None:
+        """Remove the temporary file (idempotent)."""
+        _remove(self.tmp)
+
+
+def stream_changes_gpkg(
+    batches: Iterable, out_path: str | os.PathLike, *, layer: str = "changes", metadata: dict,
+    overwrite: bool = False, style: str | os.PathLike | None = DEFAULT_STYLE,
+) -> StreamSummary:
+    """Write GeoDataFrame batches (same columns, e.g. from :func:`maskcd.vectorization.iter_changes`) as a new
+    QGIS-ready GeoPackage with :class:`ChangesGpkgWriter`: one batch in memory at a time, atomic.
+
+    Args:
+        batches: Iterable of GeoDataFrames with a CRS; at least one (an empty frame still gives the layer its schema).
+        out_path: Destination ``.gpkg``.
+        layer: Layer name.
+        metadata: Run metadata rows (see :func:`write_changes_gpkg`).
+        overwrite: Replace an existing file.
+        style: Packaged style name or ``.qml`` path stored as the layer's default QGIS style; None for no style row.
+
+    Returns:
+        The :class:`StreamSummary`.
+
+    Raises:
+        OutputExistsError: ``out_path`` exists and ``overwrite`` is False (nothing is written).
+        InputError: The destination folder does not exist, a batch has no CRS, or there is no batch.
+    """
+    writer = ChangesGpkgWriter(out_path, layer=layer, overwrite=overwrite, style=style)
+    try:
+        for gdf in batches:
+            writer.append(gdf)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close(metadata)
+
+
 def write_changes_gpkg(
     gdf, out_path: str | os.PathLike, *, layer: str = "changes", metadata: dict, overwrite: bool = False,
     style: str | os.PathLike | None = DEFAULT_STYLE,
@@ -114,26 +242,10 @@ def write_changes_gpkg(
         InputError: The destination folder does not exist or the frame has no CRS.
     """
     out = Path(out_path)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
-    if not out.parent.is_dir():
-        raise InputError(f"{out.parent}: output folder does not exist; create it first")
-    if out.suffix.lower() != ".gpkg":
-        raise InputError(f"{out}: the output must be a .gpkg file")
+    _check_destination(out, overwrite)
     if gdf.crs is None:
         raise InputError(f"{out}: the polygons have no CRS; vectorise a mask that carries one")
-    tmp = _temp_path(out)
-    try:
-        _write_layer(gdf, tmp, layer, create=True, replace=False, geometry_type="MultiPolygon")
-        _style_rows(tmp, layer, style)
-        _write_table(_metadata_frame(layer, metadata), tmp, METADATA_TABLE)
-        if out.exists() and not overwrite:  # appeared while we were writing
-            raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
-        os.replace(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return out
+    return stream_changes_gpkg([gdf], out, layer=layer, metadata=metadata, overwrite=overwrite, style=style).path
 
 
 def add_layer_to_gpkg(
@@ -195,4 +307,4 @@ def read_run_metadata(gpkg_path: str | os.PathLike, layer: str | None = None) ->
     return {k: json.loads(v) for k, v in zip(frame["key"], frame["value"], strict=True)}
 
 
-__all__ = ["write_changes_gpkg", "add_layer_to_gpkg", "read_run_metadata", "GPKG_VERSION"]
+__all__ = ["write_changes_gpkg", "stream_changes_gpkg", "ChangesGpkgWriter", "StreamSummary", "add_layer_to_gpkg", "read_run_metadata", "GPKG_VERSION"]

@@ -18,11 +18,15 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
    filling to be its own setting.) Interior blobs that are too small are dropped inside the task already.
 4. Geometries are canonicalised (collinear vertices left by the dissolve dropped, normalised), sorted north to south
    then west to east by their first pixel in raster order (unique per blob, independent of chunking) and numbered
-   ``change_id = 1..N``; then coverage-simplified together (no overlaps between neighbours that touch at a corner),
-   made valid, promoted to MultiPolygon and mapped to the raster CRS through the geotransform.
+   ``change_id = 1..N``; coverage-simplified (no overlaps between neighbours that touch at a corner; the same result
+   as simplifying all of them together), made valid, promoted to MultiPolygon and mapped to the raster CRS through
+   the geotransform.
 
-Memory: one chunk per worker (``chunk_size²`` × about 14 bytes) plus the polygons; the raster is never loaded whole
-(16k × 16k mask, 4096-px chunks, 2 workers: peak RSS 0.4-0.6 GB, ``benchmarks/vectorize.py``).
+Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`). Blobs complete as
+soon as no piece of theirs touches the bottom of the newest chunk row (:class:`BlobMerger`); they are simplified per
+cluster of intersecting convex hulls once nothing still to come can touch the cluster, and yielded in ``change_id``
+order (:class:`_Releaser`). Memory: one chunk per worker (``chunk_size²`` × about 14 bytes) plus the polygons near the
+current chunk-row border and one output batch, whatever the number of polygons (``benchmarks/map_pipeline.py`` c2).
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ PROB_SCALE = 254.0
 RESULT_COLUMNS = ["change_id", "area_m2", "perimeter_m", "n_pixels", "prob_mean", "prob_max"]
 SCHEDULERS = ("threads", "processes", "distributed", "synchronous")
 DEFAULT_SCHEDULER = "threads"
+DEFAULT_CHUNK = 2048
+"""Chunk side: a chunk task holds about 14 bytes per pixel (60 MB at 2048², 240 MB at 4096²) per worker."""
 
 
 @dataclass(frozen=True)
@@ -286,11 +292,39 @@ def _trace(labels, ids, rmin, rmax, cmin, cmax, r0: int, c0: int) -> list:
     return [g[0] if len(g) == 1 else shapely.union_all(g) for g in (out[k] for k in ids.tolist())]
 
 
-class _UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
+@dataclass
+class _Piece:
+    """An edge piece waiting for the chunks around it (pixel-space WKB and its statistics)."""
 
-    def find(self, a: int) -> int:
+    wkb: bytes
+    n_pixels: int
+    n_prob: int
+    prob_sum: int
+    prob_max: int
+    first: tuple[int, int]
+    open_below: bool  # touches the bottom edge of the newest chunk row: the row below may continue it
+
+
+Blob = tuple  # (geometry, n_pixels, n_prob, prob_sum, prob_max, first_row, first_col): one whole 4-connected blob
+
+
+class BlobMerger:
+    """Streaming merge of edge pieces across internal chunk edges, one chunk row at a time, top to bottom.
+
+    :meth:`add_row` takes the :class:`ChunkResult` of one chunk row (any order) and returns the blobs that are now
+    complete: interior components as they are, and union-find groups of edge pieces (pixels 4-adjacent across an
+    internal edge, read from the border label strips: pixel-exact, diagonal contact never merges) that no longer touch
+    the bottom edge of the newest row, dissolved with :func:`shapely.union_all`. Only the pieces of groups still open
+    towards the unprocessed rows are kept, with the previous row's bottom strips, so memory is bounded by the pieces
+    along one chunk-row border, not by the number of blobs. The result does not depend on the chunk size.
+    """
+
+    def __init__(self):
+        self.pieces: dict[tuple[tuple[int, int], int], _Piece] = {}
+        self.parent: dict[tuple[tuple[int, int], int], tuple[tuple[int, int], int]] = {}
+        self.bottom: dict[int, tuple[tuple[int, int], np.ndarray]] = {}  # chunk column -> (index, strip) of last row
+
+    def _find(self, a):
         p = self.parent
         root = a
         while p[root] != root:
@@ -299,88 +333,135 @@ class _UnionFind:
             p[a], a = root, p[a]
         return root
 
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
+    def _union(self, a, b) -> None:
+        ra, rb = self._find(a), self._find(b)
         if ra != rb:
             lo, hi = (ra, rb) if ra < rb else (rb, ra)
             self.parent[hi] = lo
 
+    def _union_strips(self, ia, a: np.ndarray, ib, b: np.ndarray) -> None:
+        both = (a > 0) & (b > 0)
+        if not both.any():
+            return
+        for la, lb in np.unique(np.stack([a[both], b[both]], axis=1), axis=0):
+            ka, kb = (ia, int(la)), (ib, int(lb))
+            if ka in self.parent and kb in self.parent:  # both kept (edge pieces are never pre-filtered)
+                self._union(ka, kb)
+
+    def add_row(self, results: list[ChunkResult]) -> list[Blob]:
+        """Merge one chunk row (the next one down); return the blobs completed by it."""
+        results = sorted(results, key=lambda r: r.index[1])
+        done: list[Blob] = []
+        for piece in self.pieces.values():  # the row above is now merged into: its bottom contacts are resolved
+            piece.open_below = False
+        for r in results:
+            below = set(np.unique(r.strips["bottom"]).tolist()) if "bottom" in r.strips else set()
+            for i in range(len(r.labels)):
+                if r.edge[i]:
+                    key = (r.index, int(r.labels[i]))
+                    self.pieces[key] = _Piece(r.wkb[i], int(r.n_pixels[i]), int(r.n_prob[i]), int(r.prob_sum[i]),
+                                              int(r.prob_max[i]), (int(r.first[i, 0]), int(r.first[i, 1])),
+                                              int(r.labels[i]) in below)
+                    self.parent[key] = key
+                else:  # interior components are final
+                    done.append((shapely.from_wkb(r.wkb[i]), int(r.n_pixels[i]), int(r.n_prob[i]),
+                                 int(r.prob_sum[i]), int(r.prob_max[i]), int(r.first[i, 0]), int(r.first[i, 1])))
+        for left, right in zip(results, results[1:]):
+            if "right" in left.strips and right.index[1] == left.index[1] + 1:
+                self._union_strips(left.index, left.strips["right"], right.index, right.strips["left"])
+        for r in results:
+            above = self.bottom.get(r.index[1])
+            if above is not None and "top" in r.strips and above[0][0] == r.index[0] - 1:
+                self._union_strips(above[0], above[1], r.index, r.strips["top"])
+        self.bottom = {r.index[1]: (r.index, r.strips["bottom"]) for r in results if "bottom" in r.strips}
+        groups: dict = {}
+        for key in self.pieces:
+            groups.setdefault(self._find(key), []).append(key)
+        for members in groups.values():
+            parts = [self.pieces[k] for k in members]
+            if any(p.open_below for p in parts):
+                continue
+            geoms = [shapely.from_wkb(p.wkb) for p in parts]
+            # the dissolve leaves collinear vertices where chunk edges crossed the outline: drop them (DP at 0)
+            geom = geoms[0] if len(geoms) == 1 else shapely.simplify(shapely.union_all(geoms), 0.0,
+                                                                      preserve_topology=False)
+            done.append((geom, sum(p.n_pixels for p in parts), sum(p.n_prob for p in parts),
+                         sum(p.prob_sum for p in parts), max(p.prob_max for p in parts), *min(p.first for p in parts)))
+            for k in members:
+                del self.pieces[k], self.parent[k]
+        return done
+
+    def pending_first(self) -> tuple[int, int] | None:
+        """The first pixel ``(row, col)`` of the earliest blob still open, None when none is."""
+        return min((p.first for p in self.pieces.values()), default=None)
+
+    def pending_top(self) -> int | None:
+        """The top pixel row of the open blobs (their unseen parts can still widen them anywhere below it)."""
+        first = self.pending_first()
+        return None if first is None else first[0]
+
 
 def merge_chunks(results: list[ChunkResult]) -> pd.DataFrame:
-    """Merge edge pieces across internal chunk edges; one row per 4-connected change blob of the whole raster.
+    """Merge all chunks at once (see :class:`BlobMerger`); one row per 4-connected change blob of the whole raster.
 
     Returns:
         DataFrame with ``geometry`` (shapely Polygon in global pixel coordinates), ``n_pixels``, ``n_prob``,
         ``prob_sum``, ``prob_max``, ``first_row``, ``first_col``, in no particular order.
     """
-    rows = []
-    by_index = {r.index: r for r in results}
-    # interior components are final
-    piece_keys: list[tuple[tuple[int, int], int]] = []
-    piece_pos: dict[tuple[tuple[int, int], int], tuple[ChunkResult, int]] = {}
+    merger, rows = BlobMerger(), []
+    by_row: dict[int, list[ChunkResult]] = {}
     for r in results:
-        for i in range(len(r.labels)):
-            if r.edge[i]:
-                key = (r.index, int(r.labels[i]))
-                piece_pos[key] = (r, i)
-                piece_keys.append(key)
-            else:
-                rows.append((shapely.from_wkb(r.wkb[i]), r.n_pixels[i], r.n_prob[i], r.prob_sum[i], r.prob_max[i],
-                             r.first[i, 0], r.first[i, 1]))
-    if piece_keys:
-        slot = {k: n for n, k in enumerate(piece_keys)}
-        uf = _UnionFind(len(piece_keys))
-        for (ci, cj), r in by_index.items():
-            for other_idx, mine, theirs in (((ci + 1, cj), "bottom", "top"), ((ci, cj + 1), "right", "left")):
-                o = by_index.get(other_idx)
-                if o is None or mine not in r.strips:
-                    continue
-                a, b = r.strips[mine], o.strips[theirs]
-                both = (a > 0) & (b > 0)
-                if not both.any():
-                    continue
-                pairs = np.unique(np.stack([a[both], b[both]], axis=1), axis=0)
-                for la, lb in pairs:
-                    ka, kb = ((ci, cj), int(la)), (other_idx, int(lb))
-                    if ka in slot and kb in slot:  # both kept (edge pieces are never pre-filtered)
-                        uf.union(slot[ka], slot[kb])
-        groups: dict[int, list[int]] = {}
-        for n in range(len(piece_keys)):
-            groups.setdefault(uf.find(n), []).append(n)
-        for members in groups.values():
-            parts = [piece_pos[piece_keys[m]] for m in members]
-            geoms = [shapely.from_wkb(r.wkb[i]) for r, i in parts]
-            # the dissolve leaves collinear vertices where chunk edges crossed the outline: drop them (DP at 0)
-            geom = geoms[0] if len(geoms) == 1 else shapely.simplify(shapely.union_all(geoms), 0.0,
-                                                                      preserve_topology=False)
-            first = min((int(r.first[i, 0]), int(r.first[i, 1])) for r, i in parts)
-            rows.append((geom, sum(int(r.n_pixels[i]) for r, i in parts), sum(int(r.n_prob[i]) for r, i in parts),
-                         sum(int(r.prob_sum[i]) for r, i in parts), max(int(r.prob_max[i]) for r, i in parts), *first))
-    cols = ["geometry", "n_pixels", "n_prob", "prob_sum", "prob_max", "first_row", "first_col"]
-    df = pd.DataFrame(rows, columns=cols)
-    for c in cols[1:]:
+        by_row.setdefault(r.index[0], []).append(r)
+    for i in sorted(by_row):
+        rows.extend(merger.add_row(by_row[i]))
+    return _blob_frame(rows)
+
+
+BLOB_COLUMNS = ["geometry", "n_pixels", "n_prob", "prob_sum", "prob_max", "first_row", "first_col"]
+
+
+def _blob_frame(rows: list[Blob]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=BLOB_COLUMNS)
+    for c in BLOB_COLUMNS[1:]:
         df[c] = df[c].astype(np.int64)
     return df
 
 
-def _compute(tasks, scheduler: str, n_workers: int):
-    import dask
+class _Executor:
+    """Runs chunk tasks batch by batch on one Dask scheduler (a ``distributed`` LocalCluster lives for the run)."""
 
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {scheduler!r}")
-    if len(tasks) <= 1 or n_workers <= 1:
-        scheduler = "synchronous"
-    if scheduler == "distributed":
-        from dask.distributed import Client, LocalCluster
+    def __init__(self, scheduler: str, n_workers: int, n_tasks: int):
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, not {scheduler!r}")
+        if n_tasks <= 1 or n_workers <= 1:
+            scheduler = "synchronous"
+        self.scheduler, self.n_workers = scheduler, n_workers
+        self._cluster = self._client = None
 
-        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          memory_limit=0) as cluster, Client(cluster) as client:
-            return list(client.compute(tasks, sync=True))
-    config = {}
-    if scheduler == "processes" and sys.platform == "linux":
-        config["multiprocessing.context"] = "fork"  # workers inherit the imported modules: no 1-2 s re-import each
-    with dask.config.set(config):
-        return list(dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers))
+    def __enter__(self) -> _Executor:
+        if self.scheduler == "distributed":
+            from dask.distributed import Client, LocalCluster
+
+            self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0", memory_limit=0)
+            self._client = Client(self._cluster)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._cluster.close()
+
+    def compute(self, tasks) -> list:
+        import dask
+
+        if self._client is not None:
+            return list(self._client.compute(tasks, sync=True))
+        config = {}
+        if self.scheduler == "processes" and sys.platform == "linux":
+            config["multiprocessing.context"] = "fork"  # workers inherit the imported modules: no 1-2 s re-import
+        with dask.config.set(config):
+            return list(dask.compute(*tasks, scheduler=self.scheduler, num_workers=self.n_workers))
 
 
 def _metric_info(grid: _Grid) -> tuple[float, float | None]:
@@ -433,6 +514,238 @@ def _affine(geoms: np.ndarray, t: Affine) -> np.ndarray:
     )
 
 
+@dataclass
+class _Setup:
+    grid: _Grid
+    px_m: float
+    unit_m: float | None
+    utm: rasterio.crs.CRS | None  # where a geographic CRS is measured
+    min_pixels: int
+    min_area_m2: float
+    tolerance_px: float
+    size: int
+    attributes: dict
+
+
+def _setup(mask_path: Path, prob_path: Path | None, min_area_m2, simplify_m, attributes, chunk_size) -> _Setup:
+    grid = _read_grid(mask_path, prob_path)
+    px_m, unit_m = _metric_info(grid)
+    min_pixels = 0
+    if min_area_m2 and min_area_m2 > 0 and unit_m is not None:
+        min_pixels = int(math.ceil(min_area_m2 / (px_m * px_m) - 1e-9))
+    utm = None
+    if unit_m is None:  # one UTM zone for the whole raster (its centre), so that every batch is measured alike
+        cx, cy = grid.transform @ (grid.width / 2, grid.height / 2)
+        utm = utm_crs_at(cx, cy)
+    for key in attributes:
+        if key in RESULT_COLUMNS or key == "geometry":
+            raise ValueError(f"attribute {key!r} clashes with a computed column; rename it")
+    return _Setup(grid, px_m, unit_m, utm, min_pixels, float(min_area_m2 or 0.0),
+                  simplify_m / px_m if simplify_m and simplify_m > 0 else 0.0, _chunk_shape(grid, chunk_size),
+                  dict(attributes))
+
+
+def _measure(geoms: np.ndarray, st: _Setup) -> tuple[np.ndarray, np.ndarray]:
+    """(area m², perimeter m) of map-space geometries."""
+    import geopandas as gpd
+
+    gs = gpd.GeoSeries(geoms, crs=st.grid.crs)
+    if st.unit_m is None:
+        metric = gs.to_crs(st.utm or gs.estimate_utm_crs())
+        return metric.area.to_numpy(), metric.length.to_numpy()
+    return gs.area.to_numpy() * st.unit_m**2, gs.length.to_numpy() * st.unit_m
+
+
+def _finish(blobs: list[Blob], st: _Setup, first_id: int):
+    """Ordered, simplified blobs -> GeoDataFrame rows numbered from ``first_id``."""
+    import geopandas as gpd
+
+    df = _blob_frame(blobs)
+    geoms = _to_multipolygons(df["geometry"].to_numpy())
+    kept = np.asarray([g is not None for g in geoms], bool)
+    if not kept.all():
+        log.warning("%d polygons had no polygonal part after make_valid and were dropped", int((~kept).sum()))
+        df, geoms = df[kept].reset_index(drop=True), geoms[kept]
+    geoms = _affine(geoms, st.grid.transform)
+    if len(geoms):
+        area, perim = _measure(geoms, st)
+    else:
+        area = perim = np.zeros(0)
+    n_prob = df["n_prob"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prob_mean = np.where(n_prob > 0, df["prob_sum"].to_numpy() / np.maximum(n_prob, 1) / PROB_SCALE, np.nan)
+        prob_max = np.where(df["prob_max"].to_numpy() >= 0, df["prob_max"].to_numpy() / PROB_SCALE, np.nan)
+    data = {
+        "change_id": np.arange(first_id, first_id + len(df), dtype=np.int64),
+        "area_m2": np.asarray(area, np.float64),
+        "perimeter_m": np.asarray(perim, np.float64),
+        "n_pixels": df["n_pixels"].to_numpy(np.int64),
+        "prob_mean": prob_mean.astype(np.float64),
+        "prob_max": prob_max.astype(np.float64),
+    }
+    for key, value in st.attributes.items():
+        data[key] = pd.Series([value] * len(df), dtype=_attribute_dtype(value))
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=st.grid.crs), crs=st.grid.crs)
+
+
+class _Releaser:
+    """Holds complete blobs until they can be simplified and numbered without knowing the rest of the raster.
+
+    - *Simplification* is a coverage simplification (neighbours stay non-overlapping). Its topology check only looks at
+      vertices inside the triangles it removes, which lie inside the polygon's convex hull, so blobs interact only
+      through chains of intersecting convex hulls (*clusters*). A cluster is simplified, on its own, once no blob still
+      to come can reach it: its hulls end above the first unread row and above every blob still open. The result is
+      the same as simplifying everything at once (tested), and the same for any chunking.
+    - *Numbering* follows each blob's first pixel in raster order; a simplified blob is released once every blob that
+      could still come before it (held, open, or in unread rows) is known.
+    """
+
+    def __init__(self, st: _Setup):
+        self.st = st
+        self.held: list[Blob] = []  # complete, filtered, normalised; not simplified yet
+        self.ready: list[Blob] = []  # simplified, waiting for their turn
+
+    def add(self, blobs: list[Blob]) -> None:
+        st = self.st
+        blobs = [b for b in blobs if b[1] >= st.min_pixels]
+        if not blobs:
+            return
+        geoms = shapely.normalize(np.asarray([b[0] for b in blobs], dtype=object))  # canonical vertex order
+        if st.unit_m is None and st.min_area_m2 > 0:  # geographic: judge the whole blob in metres
+            keep = _measure(_affine(geoms, st.grid.transform), st)[0] >= st.min_area_m2
+            geoms, blobs = geoms[keep], [b for b, k in zip(blobs, keep) if k]
+        self.held.extend((g, *b[1:]) for g, b in zip(geoms, blobs))
+
+    def release(self, next_row: int, pending_first: tuple[int, int] | None) -> list[Blob]:
+        """Blobs that can be final now, in raster order of their first pixel.
+
+        Args:
+            next_row: First pixel row not read yet (the raster height at the end).
+            pending_first: First pixel of the earliest blob still open (see :meth:`BlobMerger.pending_first`).
+        """
+        limit_row = next_row if pending_first is None else min(next_row, pending_first[0])
+        blocking = (next_row, -1) if pending_first is None else min((next_row, -1), pending_first)
+        if self.held:
+            geoms = np.asarray([b[0] for b in self.held], dtype=object)
+            bottom = -shapely.bounds(geoms)[:, 1]  # vertex row below the blob's last pixel row
+            if self.st.tolerance_px > 0:
+                from scipy.sparse import coo_matrix
+                from scipy.sparse.csgraph import connected_components
+
+                hulls = shapely.convex_hull(geoms)
+                i, j = shapely.STRtree(hulls).query(hulls, predicate="intersects")
+                n, comp = connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(len(geoms),) * 2),
+                                               directed=False)
+                comp_bottom = np.full(n, -np.inf)
+                np.maximum.at(comp_bottom, comp, bottom)
+                closed = comp_bottom[comp] < limit_row
+            else:
+                closed = bottom < limit_row
+            if closed.any():
+                idx = np.flatnonzero(closed)
+                idx = idx[np.lexsort(([self.held[k][6] for k in idx], [self.held[k][5] for k in idx]))]
+                done = geoms[idx]
+                if self.st.tolerance_px > 0:
+                    done = shapely.coverage_simplify(done, self.st.tolerance_px)
+                self.ready.extend((g, *self.held[k][1:]) for g, k in zip(done, idx))
+                self.held = [b for b, c in zip(self.held, closed) if not c]
+            if self.held:
+                blocking = min(blocking, min((b[5], b[6]) for b in self.held))
+        self.ready.sort(key=lambda b: (b[5], b[6]))
+        n = 0
+        while n < len(self.ready) and (self.ready[n][5], self.ready[n][6]) < blocking:
+            n += 1
+        out, self.ready = self.ready[:n], self.ready[n:]
+        return out
+
+    def n_held(self) -> int:
+        return len(self.held) + len(self.ready)
+
+
+BATCH_ROWS = 20_000
+"""Polygons per yielded batch (at most about this many finished polygons are kept in memory)."""
+
+
+def iter_changes(
+    mask_path: str | os.PathLike,
+    prob_path: str | os.PathLike | None,
+    *,
+    min_area_m2: float,
+    simplify_m: float | None,
+    attributes: dict,
+    chunk_size: int = DEFAULT_CHUNK,
+    n_workers: int = 2,
+    scheduler: str = DEFAULT_SCHEDULER,
+    batch_rows: int = BATCH_ROWS,
+    stats: dict | None = None,
+):
+    """Polygonise a change mask chunk row by chunk row, yielding GeoDataFrame batches in ``change_id`` order.
+
+    Same arguments and columns as :func:`vectorize_changes`, which concatenates the batches. Chunks are computed a few
+    rows at a time, merged as they come (:class:`BlobMerger`) and each finished polygon is yielded once (batches of
+    about ``batch_rows``; at least one batch, empty with the full schema when there is no change), so memory stays
+    bounded by the chunks in flight and the polygons near the current chunk-row border, not by the number of polygons.
+    ``stats``, when given, receives the timings, the chunking and the most polygons held at once.
+
+    Raises:
+        InputError: A raster is missing or unreadable, has no CRS, or the two grids differ.
+    """
+    import dask
+
+    mask_path = Path(mask_path)
+    prob_path = None if prob_path is None else Path(prob_path)
+    st = _setup(mask_path, prob_path, min_area_m2, simplify_m, attributes, chunk_size)
+    grid = st.grid
+    task = dask.delayed(polygonize_chunk, pure=True)
+    by_row: dict[int, list] = {}
+    for idx, win in _windows(grid, st.size):
+        by_row.setdefault(idx[0], []).append(
+            task(str(mask_path), None if prob_path is None else str(prob_path), idx, win, (grid.height, grid.width),
+                 st.min_pixels))
+    n_tasks = sum(len(v) for v in by_row.values())
+    n_cols = len(by_row[0])
+    rows_per_step = max(1, math.ceil(2 * n_workers / n_cols))
+    merger, releaser = BlobMerger(), _Releaser(st)
+    timings = {"chunks_s": 0.0, "merge_s": 0.0, "finish_s": 0.0}
+    next_id, yielded, peak_held, buffer = 1, False, 0, []
+    with _Executor(scheduler, n_workers, n_tasks) as ex, warnings.catch_warnings():
+        # once here for the threads (the filter list is process-wide), again per task
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        chunk_rows = sorted(by_row)
+        for s0 in range(0, len(chunk_rows), rows_per_step):
+            step = chunk_rows[s0:s0 + rows_per_step]
+            t0 = time.perf_counter()
+            results = ex.compute([t for i in step for t in by_row[i]])
+            t1 = time.perf_counter()
+            for i in step:
+                releaser.add(merger.add_row([r for r in results if r.index[0] == i]))
+            del results
+            last = s0 + rows_per_step >= len(chunk_rows)
+            # below the last row nothing is left to read: every blob, even one ending on the raster's edge, is final
+            next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
+            buffer.extend(releaser.release(next_row, merger.pending_first()))
+            peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
+            t2 = time.perf_counter()
+            timings["chunks_s"] += t1 - t0
+            timings["merge_s"] += t2 - t1
+            if buffer and (len(buffer) >= batch_rows or last):
+                out = _finish(buffer, st, next_id)
+                timings["finish_s"] += time.perf_counter() - t2
+                next_id += len(out)
+                buffer = []
+                if len(out):
+                    yielded = True
+                    yield out
+    if merger.pieces or releaser.n_held():  # cannot happen: the last row closes everything
+        raise RuntimeError(f"{mask_path}: {len(merger.pieces)} pieces and {releaser.n_held()} polygons left unmerged")
+    if not yielded:
+        yield _finish([], st, 1)
+    if stats is not None:
+        stats.update(timings=timings, chunks={"n": n_tasks, "size": st.size, "scheduler": scheduler,
+                                              "n_workers": n_workers}, peak_polygons_held=peak_held)
+    log.info("vectorised %s: %d chunks of %d px, %d polygons", mask_path, n_tasks, st.size, next_id - 1)
+
+
 def vectorize_changes(
     mask_path: str | os.PathLike,
     prob_path: str | os.PathLike | None,
@@ -440,23 +753,27 @@ def vectorize_changes(
     min_area_m2: float,
     simplify_m: float | None,
     attributes: dict,
-    chunk_size: int = 4096,
+    chunk_size: int = DEFAULT_CHUNK,
     n_workers: int = 2,
     scheduler: str = DEFAULT_SCHEDULER,
 ):
     """Polygonise a change mask into a GeoDataFrame of change polygons with zonal statistics.
+
+    Holds every polygon in memory; :func:`iter_changes` yields the same rows in batches (``maskcd-map`` streams them
+    into the GeoPackage with :func:`maskcd.vectorization.gpkg.stream_changes_gpkg`).
 
     Args:
         mask_path: Mask raster, band 1: 1 = change, 0 = no change, nodata (255) = no data (never change).
         prob_path: Probability raster on the same grid (uint8 0-254 = p × 254, 255 nodata) for ``prob_mean`` and
             ``prob_max``, or None (both NaN).
         min_area_m2: Change blobs (4-connected) whose pixel area is below this are removed, judged on the whole blob
-            after merging across chunks; area in m² (a geographic CRS is measured in its local UTM zone).
+            after merging across chunks; area in m² (a geographic CRS is measured in the UTM zone of its centre).
         simplify_m: Coverage simplification tolerance in metres (about the square root of the largest triangle area
             removed, Visvalingam-Whyatt; neighbours stay non-overlapping). ``None`` or 0 keeps the pixel outline.
         attributes: Constant columns appended to every row (e.g. ``before_date``, ``after_date``, ``site_id``,
             ``model_name``, ``model_sha``, ``run_id``), in the given order.
-        chunk_size: Chunk side in pixels (rounded to a multiple of the file's tile size when it is tiled).
+        chunk_size: Chunk side in pixels (rounded to a multiple of the file's tile size when it is tiled); memory per
+            worker grows with its square, the result does not depend on it.
         n_workers: Parallel Dask workers.
         scheduler: ``"threads"`` (default), ``"processes"`` (forked on Linux), ``"distributed"`` (a LocalCluster of
             ``n_workers`` single-thread processes) or ``"synchronous"``. ``benchmarks/vectorize.py`` on the shared
@@ -473,73 +790,13 @@ def vectorize_changes(
     Raises:
         InputError: A raster is missing or unreadable, has no CRS, or the two grids differ.
     """
-    import dask
-    import geopandas as gpd
-
-    mask_path = Path(mask_path)
-    prob_path = None if prob_path is None else Path(prob_path)
-    grid = _read_grid(mask_path, prob_path)
-    px_m, unit_m = _metric_info(grid)
-    px_area_m2 = px_m * px_m
-    min_pixels = 0
-    if min_area_m2 and min_area_m2 > 0 and unit_m is not None:
-        min_pixels = int(math.ceil(min_area_m2 / px_area_m2 - 1e-9))
-    size = _chunk_shape(grid, chunk_size)
-    task = dask.delayed(polygonize_chunk, pure=True)
-    tasks = [task(str(mask_path), None if prob_path is None else str(prob_path), idx, win, (grid.height, grid.width),
-                  min_pixels) for idx, win in _windows(grid, size)]
-    with warnings.catch_warnings():  # once here for the threads (the filter list is process-wide), again per task
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        t_start = time.perf_counter()
-        results = _compute(tasks, scheduler, n_workers)
-    t_chunks = time.perf_counter()
-    df = merge_chunks(results)
-    t_merge = time.perf_counter()
-    if min_pixels:
-        df = df[df["n_pixels"] >= min_pixels]
-    # canonical vertex order, then an order that does not depend on the chunking
-    geoms = shapely.normalize(df["geometry"].to_numpy())
-    df = df.assign(geometry=geoms).sort_values(["first_row", "first_col"], kind="stable").reset_index(drop=True)
-    geoms = df["geometry"].to_numpy()
-    if unit_m is None and min_area_m2 and min_area_m2 > 0 and len(geoms):  # geographic: judge the blob in UTM
-        exact = gpd.GeoSeries(_affine(geoms, grid.transform), crs=grid.crs)
-        keep = (exact.to_crs(exact.estimate_utm_crs()).area >= min_area_m2).to_numpy()
-        df, geoms = df[keep].reset_index(drop=True), geoms[keep]
-    if simplify_m and simplify_m > 0 and len(geoms):
-        geoms = shapely.coverage_simplify(geoms, simplify_m / px_m)
-    geoms = _to_multipolygons(geoms)
-    kept = np.asarray([g is not None for g in geoms], bool)
-    if not kept.all():
-        log.warning("%d polygons had no polygonal part after make_valid and were dropped", int((~kept).sum()))
-        df, geoms = df[kept].reset_index(drop=True), geoms[kept]
-    geoms = _affine(geoms, grid.transform)
-    gs = gpd.GeoSeries(geoms, crs=grid.crs)
-    if len(gs) and unit_m is None:
-        metric = gs.to_crs(gs.estimate_utm_crs())
-        area, perim = metric.area.to_numpy(), metric.length.to_numpy()
-    else:
-        area, perim = gs.area.to_numpy() * (unit_m or 1.0) ** 2, gs.length.to_numpy() * (unit_m or 1.0)
-    n_prob = df["n_prob"].to_numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        prob_mean = np.where(n_prob > 0, df["prob_sum"].to_numpy() / np.maximum(n_prob, 1) / PROB_SCALE, np.nan)
-        prob_max = np.where(df["prob_max"].to_numpy() >= 0, df["prob_max"].to_numpy() / PROB_SCALE, np.nan)
-    data = {
-        "change_id": np.arange(1, len(df) + 1, dtype=np.int64),
-        "area_m2": np.asarray(area, np.float64),
-        "perimeter_m": np.asarray(perim, np.float64),
-        "n_pixels": df["n_pixels"].to_numpy(np.int64),
-        "prob_mean": prob_mean.astype(np.float64),
-        "prob_max": prob_max.astype(np.float64),
-    }
-    for key, value in attributes.items():
-        if key in data or key == "geometry":
-            raise ValueError(f"attribute {key!r} clashes with a computed column; rename it")
-        data[key] = pd.Series([value] * len(df), dtype=_attribute_dtype(value))
-    out = gpd.GeoDataFrame(data, geometry=gs.reset_index(drop=True), crs=grid.crs)
-    t_end = time.perf_counter()
-    out.attrs["timings"] = {"chunks_s": t_chunks - t_start, "merge_s": t_merge - t_chunks, "finish_s": t_end - t_merge}
-    out.attrs["chunks"] = {"n": len(tasks), "size": size, "scheduler": scheduler, "n_workers": n_workers}
-    log.info("vectorised %s: %d chunks of %d px, %d polygons", mask_path, len(tasks), size, len(out))
+    stats: dict = {}
+    parts = list(iter_changes(mask_path, prob_path, min_area_m2=min_area_m2, simplify_m=simplify_m,
+                              attributes=attributes, chunk_size=chunk_size, n_workers=n_workers, scheduler=scheduler,
+                              stats=stats))
+    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    out.attrs["timings"] = stats.get("timings", {})
+    out.attrs["chunks"] = stats.get("chunks", {})
     return out
 
 

@@ -122,7 +122,8 @@ def test_full_run_then_exists_then_overwrite(tmp_path, scene_pair, capsys):
     out = tmp_path / "out" / "changes.gpkg"
     out.parent.mkdir()
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("threshold: 0.4\nbatch_size: 3\n")
+    # a random-weight model: a threshold of 0.001 makes every valid pixel change, so exactly one polygon is certain
+    cfg.write_text("threshold: 0.001\nbatch_size: 3\n")
     rc = main([str(a), str(b), "-o", str(out), "--config", str(cfg), "--min-area", "4", *FAST])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -135,16 +136,19 @@ def test_full_run_then_exists_then_overwrite(tmp_path, scene_pair, capsys):
         assert (ds.width, ds.height) == (120, 96) and ds.crs.to_epsg() == 32633
     meta = read_run_metadata(out)
     flat = json.dumps(meta)
-    assert "shift_estimate" in flat and '"threshold": 0.4' in flat and '"batch_size": 3' in flat
+    assert "shift_estimate" in flat and '"threshold": 0.001' in flat and '"batch_size": 3' in flat
     assert meta["dates"] == {"before": "2021-06-15", "after": "2023-07-02"}
-    assert meta["shift_estimate"]["n_windows"] >= 0 and meta["arguments"]["tile"] == 64
+    # the 96 x 120 scene holds one 96² shift window; the pair is co-registered (only the block changed)
+    assert meta["shift_estimate"]["n_windows"] == 1 and meta["arguments"]["tile"] == 64
+    assert abs(meta["shift_estimate"]["dy_px"]) < 0.5 and abs(meta["shift_estimate"]["dx_px"]) < 0.5
     import geopandas as gpd
 
     gdf = gpd.read_file(out, layer="changes")
     assert gdf.crs.to_epsg() == 32633
-    if len(gdf):
-        assert set(gdf["before_date"]) == {"2021-06-15"} and set(gdf["model_name"]) == {"maskcd-tiny"}
-        assert gdf.geometry.is_valid.all() and (gdf.geom_type == "MultiPolygon").all()
+    assert len(gdf) == 1 and gdf["n_pixels"].tolist() == [96 * 120]
+    assert gdf["area_m2"].iloc[0] == pytest.approx(96 * 120) and gdf.area.iloc[0] == pytest.approx(96 * 120)
+    assert set(gdf["before_date"]) == {"2021-06-15"} and set(gdf["model_name"]) == {"maskcd-tiny"}
+    assert gdf.geometry.is_valid.all() and (gdf.geom_type == "MultiPolygon").all()
     # exists without --overwrite: one line, nothing changed
     mtime = out.stat().st_mtime_ns
     rc = main([str(a), str(b), "-o", str(out), *FAST])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -105,23 +104,3 @@ def test_tile_store_roundtrip_keeps_nan(tmp_path):
     with pytest.raises(ValueError):
         store.write(0, np.zeros((3, 3)))
     store.close()
-
-
-@pytest.mark.parametrize("n,batch,procs", [(23, 4, 2), (7, 3, 3), (16, 8, 2)])
-def test_accelerate_sharding_without_duplicates(n, batch, procs):
-    """With even_batches=False every window goes to exactly one rank (the default would loop back and duplicate)."""
-    from accelerate.data_loader import BatchSamplerShard
-    from torch.utils.data import BatchSampler, SequentialSampler
-
-    seen = []
-    for rank in range(procs):
-        bs = BatchSamplerShard(BatchSampler(SequentialSampler(range(n)), batch, False), num_processes=procs,
-                               process_index=rank, split_batches=False, even_batches=False)
-        seen += [i for b in bs for i in b]
-    assert sorted(seen) == list(range(n))
-    dup = []
-    for rank in range(procs):
-        bs = BatchSamplerShard(BatchSampler(SequentialSampler(range(n)), batch, False), num_processes=procs,
-                               process_index=rank, split_batches=False, even_batches=True)
-        dup += [i for b in bs for i in b]
-    assert len(dup) >= n and (len(dup) > n) == (math.ceil(n / batch) % procs != 0 or n % batch != 0)

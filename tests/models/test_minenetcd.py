@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,27 +113,66 @@ def test_legacy_swin_shapes_follow_the_weights(shared_data, tmp_path, caplog):
     assert (out.logits - torch.from_numpy(ref["logits"])).abs().max().item() <= 1e-4
 
 
-def _legacy_resnet_folder(tmp_path, backbone_type: str):
-    torch.manual_seed(0)
-    model = build_model("minenetcd-resnet18", hidden_size=32, auxiliary_channels=16).eval()
-    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-    cfg = {
-        "Backbone_type": backbone_type, "channel_mixing": True, "architectures": ["UperNetForSemanticSegmentation"],
-        "model_type": "upernet", "hidden_size": 32, "auxiliary_channels": 16, "auxiliary_in_channels": 256,
-        "pool_scales": [1, 2, 3, 6], "use_auxiliary_head": True, "auxiliary_loss_weight": 0.4,
-        "loss_ignore_index": 255, "transformers_version": "4.36.0",
-        "backbone_config": {"model_type": "swin", "embed_dim": 128, "depths": [2, 2, 18, 2]},  # unused for ResNet
-    }
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    return model
+ORACLE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "minenetcd_oracle.py"
 
 
-def test_legacy_resnet_checkpoint_loads_and_checks_its_depths(tmp_path):
-    original = _legacy_resnet_folder(tmp_path, "ResNet_Diff_18")
+def _published_resnet18_checkpoint(folder: Path):
+    """A ResNet_Diff_18 checkpoint made by the ORIGINAL MineNetCD code and saved as it publishes checkpoints.
+
+    ``shared/tools/minenetcd_oracle.py`` imports the unmodified ``upernet.py``; its ``UperNetForSemanticSegmentation``
+    is built from the upernet config updated with ``Backbone_type`` and ``channel_mixing``, exactly as ``train.py``
+    does, and saved as the published folders are (``config.json`` with the 4.36 keys and the mutated
+    ``auxiliary_in_channels``, ``pytorch_model.bin`` = the whole ``state_dict()``). The only substitution: the
+    original calls ``AutoBackbone.from_pretrained("microsoft/resnet-18", ...)``, which needs the Hub, so that call
+    returns a randomly initialised transformers ``ResNetBackbone`` of the ResNet-18 shape (the class and key names
+    the Hub weights load into). ``hidden_size`` is 32 to keep the test small.
+
+    Returns:
+        ``(original model, oracle module)``.
+    """
+    if not ORACLE.is_file():
+        pytest.skip(f"MineNetCD oracle {ORACLE} is absent (../shared/tools is not beside the checkout)")
+    sys.path.insert(0, str(ORACLE.parent))
+    try:
+        import minenetcd_oracle as oracle
+    finally:
+        sys.path.remove(str(ORACLE.parent))
+    from transformers import ResNetBackbone, ResNetConfig
+
+    upernet = oracle.load_original_modules()["upernet"]
+    config = oracle._base_config("ResNet_Diff_18", True)
+    config.hidden_size = 32
+    auto = upernet.AutoBackbone
+
+    class HubFreeAutoBackbone:
+        from_config = auto.from_config
+
+        @staticmethod
+        def from_pretrained(name, out_features=None, **kwargs):
+            assert name == "microsoft/resnet-18", name
+            return ResNetBackbone(ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
+                                               layer_type="basic", out_features=out_features))
+
+    upernet.AutoBackbone = HubFreeAutoBackbone
+    try:
+        torch.manual_seed(0)
+        original = upernet.UperNetForSemanticSegmentation._from_config(config).eval()
+    finally:
+        upernet.AutoBackbone = auto
+    oracle.save_legacy_checkpoint(original, folder, weights_format="bin")
+    return original, oracle
+
+
+def test_published_resnet_checkpoint_loads_and_checks_its_depths(tmp_path):
+    original, oracle = _published_resnet18_checkpoint(tmp_path)
+    saved = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
+    assert any(k.startswith("backbone.embedder.") for k in saved) and "channel_mixing.3.complex_weight_2" in saved
     loaded = load_model(tmp_path).eval()
+    ours = loaded.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in saved.items())  # every published tensor lands in place
     a, b = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(a, b).logits, original(a, b).logits)
+        torch.testing.assert_close(loaded(a, b).logits, oracle.original_logits(original, a, b), rtol=1e-4, atol=1e-5)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["Backbone_type"] = "ResNet_Diff_50"
     (tmp_path / "config.json").write_text(json.dumps(cfg))

@@ -381,16 +381,20 @@ def test_maskcd_models_lists_the_zoo(capsys):
     assert "57.81 Mi" in out and "11.39 Mi" in out and "0.27 Mi" in out and "1.29 Mi" in out
 
 
-@pytest.fixture(scope="module")
-def levir_dataset(tmp_path_factory):
-    """``maskcd-dataset folders`` over the real LEVIR-CD samples (skipped when ../shared/data is absent)."""
+def _levir_root():
     import os
     from pathlib import Path
 
+    shared = Path(os.environ.get("MASKCD_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+    return shared / "levircd_samples_bitcd"
+
+
+@pytest.fixture(scope="module")
+def levir_dataset(tmp_path_factory):
+    """``maskcd-dataset folders`` over the real LEVIR-CD samples (skipped when ../shared/data is absent)."""
     from maskcd.cli.dataset import main
 
-    shared = Path(os.environ.get("MASKCD_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-    root = shared / "levircd_samples_bitcd"
+    root = _levir_root()
     if not root.is_dir():
         pytest.skip(f"real test data {root} is absent (../shared/data is not beside the checkout)")
     out = tmp_path_factory.mktemp("levir") / "ds"
@@ -430,7 +434,16 @@ def test_maskcd_train_runs_a_zoo_model_and_its_checkpoint_loads(name, levir_data
     assert rc == 0, err.getvalue()[-500:]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epoch = [m for m in metrics if "val" in m]
-    assert epoch and np.isfinite(epoch[-1]["loss"]) and 0.0 <= epoch[-1]["val"]["f1"] <= 1.0
+    assert epoch and np.isfinite(epoch[-1]["loss"])
+    # the val split is the one LEVIR-CD val tile: the counts must cover exactly its pixels and its change pixels
+    from PIL import Image
+
+    val = epoch[-1]["val"]
+    truth = np.asarray(Image.open(_levir_root() / "label" / "val_27_0000_0256.png")) > 0
+    assert val["num_items"] == 1
+    assert val["tp"] + val["fp"] + val["fn"] + val["tn"] == truth.size
+    assert val["tp"] + val["fn"] == int(truth.sum()) > 0
+    assert val["f1"] == pytest.approx(2 * val["tp"] / (2 * val["tp"] + val["fp"] + val["fn"]))
     model = load_model(out / "best_f1").eval()
     assert model.config.maskcd_architecture == preset_info(name)["architecture"]
     assert model.inference_spec.tile_size == 256

@@ -167,3 +167,35 @@ def test_qgis_opens_the_layer_with_the_graduated_style(tmp_path, changes):
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"{n} features, crs EPSG:32633" in res.stdout and "renderer graduatedSymbol" in res.stdout
         assert "partially supported" not in res.stderr  # GeoPackage 1.2: no version warning from GDAL 3.6
+
+
+def test_streamed_batches_make_the_same_geopackage(tmp_path, changes):
+    """Batches appended one by one give the same layer, R-tree, style and metadata as one write."""
+    from maskcd.vectorization import stream_changes_gpkg
+
+    assert len(changes) > 10
+    batches = [changes.iloc[i:i + 4] for i in range(0, len(changes), 4)]
+    summary = stream_changes_gpkg(iter(batches), tmp_path / "streamed.gpkg", metadata=METADATA)
+    assert summary.n_features == len(changes) and summary.area_m2 == pytest.approx(changes.area_m2.sum())
+    out = summary.path
+    assert _sql(out, "SELECT count(*) FROM rtree_changes_geom")[0][0] == len(changes)
+    assert _sql(out, "SELECT useAsDefault FROM layer_styles WHERE f_table_name='changes'") == [(1,)]
+    assert read_run_metadata(out) == json.loads(json.dumps(METADATA))
+    back = pyogrio.read_dataframe(out, layer="changes")
+    assert list(back.change_id) == list(changes.change_id)
+    assert back.geometry.geom_equals_exact(changes.geometry.reset_index(drop=True), 1e-6).all()
+    assert not [f for f in _files(tmp_path) if "tmp" in f]
+
+
+def test_a_failing_stream_leaves_nothing_behind(tmp_path, changes):
+    from maskcd.vectorization import stream_changes_gpkg
+
+    def batches():
+        yield changes.iloc[:5]
+        yield changes.iloc[5:10]
+        raise RuntimeError("worker died")
+
+    before = _files(tmp_path)
+    with pytest.raises(RuntimeError, match="worker died"):
+        stream_changes_gpkg(batches(), tmp_path / "half.gpkg", metadata={})
+    assert _files(tmp_path) == before

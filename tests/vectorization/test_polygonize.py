@@ -244,3 +244,45 @@ def test_both_tracing_strategies_give_the_same_polygons(scene, rng, blobby, monk
     per_chunk = vectorize_changes(mpath, ppath, chunk_size=25, **KW)
     _assert_same(packed, per_chunk)
     assert len(per_chunk) > 20
+
+
+def test_streaming_holds_only_the_polygons_near_the_chunk_row_border(scene, rng, blobby):
+    """iter_changes yields the rows of vectorize_changes in order, in batches, never holding most of them at once."""
+    import pandas as pd
+
+    from maskcd.vectorization import iter_changes
+
+    mask = blobby(rng, (400, 60), fraction=0.2, sigma=1.0)  # tall: 20 chunk rows of many small blobs
+    mpath, ppath = scene(mask)
+    kw = dict(min_area_m2=0.5, simplify_m=0.5, attributes={"run_id": "r"})
+    whole = vectorize_changes(mpath, ppath, chunk_size=4096, **kw)
+    stats: dict = {}
+    batches = list(iter_changes(mpath, ppath, chunk_size=20, n_workers=1, batch_rows=10, stats=stats, **kw))
+    assert len(whole) > 250 and len(batches) > 10
+    _assert_same(pd.concat(batches, ignore_index=True), whole)
+    # what waits for a merge or its turn is about a chunk row's worth, not the raster's polygons
+    assert 0 < stats["peak_polygons_held"] < len(whole) / 5
+    assert stats["chunks"]["n"] == 20 * 3
+
+
+def test_simplification_is_chunk_size_independent_with_close_neighbours(scene, rng, blobby):
+    """Coverage simplification per bounding-box cluster equals simplifying all at once, for any chunk size."""
+    mask = blobby(rng, (110, 130), fraction=0.45, sigma=0.8)  # dense: many near and corner-touching neighbours
+    mpath, ppath = scene(mask)
+    kw = dict(min_area_m2=0.0, simplify_m=1.0, attributes={})
+    results = [vectorize_changes(mpath, ppath, chunk_size=s, **kw) for s in (4096, 9, 16, 37)]
+    whole = results[0]
+    assert len(whole) > 100
+    for r in results[1:]:
+        _assert_same(r, whole)
+    # the reference: one coverage simplification of every (unsimplified, normalised) blob at once
+    raw = vectorize_changes(mpath, ppath, chunk_size=4096, **{**kw, "simplify_m": None})
+    with rasterio.open(mpath) as src:
+        t = src.transform
+    px = shapely.transform(raw.geometry.values, lambda xy: np.column_stack([(xy[:, 0] - t.c) / t.a,
+                                                                           (xy[:, 1] - t.f) / -t.e]))
+    parts = shapely.normalize(shapely.get_geometry(px, 0))
+    ref = shapely.coverage_simplify(parts, 1.0 / 0.5)
+    got = shapely.transform(whole.geometry.values, lambda xy: np.column_stack([(xy[:, 0] - t.c) / t.a,
+                                                                              (xy[:, 1] - t.f) / -t.e]))
+    assert all(shapely.equals_exact(a, b, 1e-9) for a, b in zip(shapely.get_geometry(got, 0), ref, strict=True))
