@@ -83,12 +83,12 @@ def test_enospc_while_writing_tiles_is_one_line_and_leaves_nothing(pair, tmp_pat
 def test_enospc_while_writing_the_geopackage(pair, tmp_path, monkeypatch, capsys):
     import pyogrio.errors
 
-    import maskcd.vectorization
+    from maskcd.vectorization import ChangesGpkgWriter
 
-    def full(gdf, path, **kwargs):
-        raise pyogrio.errors.DataSourceError(f"sqlite3_exec(COMMIT) failed: database or disk is full ({path})")
+    def full(self, batch, *args, **kwargs):
+        raise pyogrio.errors.DataSourceError("sqlite3_exec(COMMIT) failed: database or disk is full")
 
-    monkeypatch.setattr(maskcd.vectorization, "write_changes_gpkg", full)
+    monkeypatch.setattr(ChangesGpkgWriter, "append", full)  # the streamed writer's batch transaction
     out = tmp_path / "out"
     out.mkdir()
     rc, err = _run(pair, out, capsys)
