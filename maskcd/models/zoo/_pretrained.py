@@ -20,10 +20,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskcd.errors import ModelNotFoundError
+
 BACKBONE_WEIGHTS = {
     # name in presets -> torchvision weights enum entry, per backbone
-    "imagenet": {"resnet18": "ResNet18_Weights.IMAGENET1K_V1"},
+    "imagenet": {
+        "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+        "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+        "vgg16": "VGG16_Weights.IMAGENET1K_V1",
+    },
 }
+
+
+class PretrainedWeightsError(ModelNotFoundError):
+    """ImageNet backbone weights were asked for but are neither in torchvision's cache nor downloadable."""
 
 
 def check_backbone_weights(value: str | None, backbone: str) -> str | None:
@@ -41,23 +51,46 @@ def torchvision_state_dict(value: str, backbone: str) -> dict[str, torch.Tensor]
     """The state dict of torchvision's ``backbone`` weights named by ``value``, from torchvision's cache or the web.
 
     Raises:
-        ModelNotFoundError: the file is not cached and cannot be downloaded (offline); the message names the file and
-            where to put it.
+        PretrainedWeightsError: the file is not cached and cannot be downloaded (offline, or ``HF_HUB_OFFLINE`` set);
+            the one-line message names the weights, the file and where to put it.
     """
     from torchvision.models import get_weight
 
-    from maskcd.models.registry import ModelNotFoundError
-
-    weights = get_weight(BACKBONE_WEIGHTS[value][backbone])
+    name = BACKBONE_WEIGHTS[value][backbone]
+    weights = get_weight(name)
     target = _cached_file(weights.url)
+
+    def missing(why: str) -> PretrainedWeightsError:
+        return PretrainedWeightsError(
+            f"backbone_weights: {value} needs torchvision's {name} ({target.name}), which is not in torchvision's "
+            f"cache ({target}) and {why}: fetch {weights.url} once on a connected machine into {target.parent}, "
+            f"or set backbone_weights: null (random init)"
+        )
+
+    if not target.is_file() and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        raise missing("HF_HUB_OFFLINE is set")
     try:
-        return weights.get_state_dict(progress=False)
-    except Exception as err:  # URLError / HTTPError / socket errors / a truncated file
-        raise ModelNotFoundError(
-            f"backbone_weights: {value}: torchvision's {backbone} weights {target.name} are not in torchvision's cache "
-            f"({target}) and could not be downloaded ({type(err).__name__}: {err}); fetch {weights.url} once on a "
-            f"connected machine into {target.parent}, or set backbone_weights: null (random init)"
-        ) from err
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as err:  # URLError / HTTPError / socket errors / a truncated or altered file
+        raise missing(f"could not be downloaded ({type(err).__name__})") from err
+
+
+def load_matching(module: nn.Module, state: dict[str, torch.Tensor], rename=None) -> int:
+    """Copy the tensors of ``state`` whose (optionally renamed) key exists in ``module`` with the same shape.
+
+    Returns the number of tensors copied. Keys the module lacks (a classifier) or shapes that differ (another band
+    count) are left at their random initialisation, as the original code's partial loads do.
+    """
+    own = module.state_dict()
+    picked = {}
+    for key, value in state.items():
+        key = rename(key) if rename else key
+        if key is not None and key in own and own[key].shape == value.shape:
+            picked[key] = value
+    with torch.no_grad():
+        for key, value in picked.items():
+            own[key].copy_(value)
+    return len(picked)
 
 
 def maybe_load_backbone(module: nn.Module, value: str | None, backbone: str, keep: str | None = None,

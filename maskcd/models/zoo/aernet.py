@@ -37,7 +37,7 @@ from transformers import PreTrainedConfig
 from maskcd.models.base import ChangeDetectionOutput
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, bce_loss, config_builder
-from maskcd.models.zoo._imagenet_weights import check_backbone_weights, load_matching, torchvision_state_dict
+from maskcd.models.zoo._pretrained import check_backbone_weights, load_matching, torchvision_state_dict
 
 UCD_THRESHOLD = 0.5  # UCD's one-channel rule, applied to AERNet's raw logit
 
@@ -52,7 +52,7 @@ class AERNetConfig(PreTrainedConfig):
     model_type = "maskcd-aernet"
 
     def __init__(self, backbone_weights: str | None = None, **kwargs):
-        self.backbone_weights = check_backbone_weights(backbone_weights)
+        self.backbone_weights = check_backbone_weights(backbone_weights, "resnet34")
         super().__init__(**kwargs)
 
 
@@ -198,7 +198,7 @@ class AERNet(ZooModel):
         self.freeze_unused()
         on_meta = self.encoder.conv1.weight.device.type == "meta"  # from_pretrained: weights come from the file
         if config.backbone_weights == "imagenet" and self.num_bands == 3 and not on_meta:
-            load_matching(self.encoder, torchvision_state_dict("ResNet34_Weights.IMAGENET1K_V1"))
+            load_matching(self.encoder, torchvision_state_dict("imagenet", "resnet34"))
 
     def frozen_modules(self) -> list[nn.Module]:
         d = self.decoder

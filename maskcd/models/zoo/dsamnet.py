@@ -27,7 +27,7 @@ from transformers import PreTrainedConfig
 
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
-from maskcd.models.zoo._imagenet_weights import check_backbone_weights, load_matching, torchvision_state_dict
+from maskcd.models.zoo._pretrained import check_backbone_weights, load_matching, torchvision_state_dict
 
 
 class DSAMNetConfig(PreTrainedConfig):
@@ -40,7 +40,7 @@ class DSAMNetConfig(PreTrainedConfig):
     model_type = "maskcd-dsamnet"
 
     def __init__(self, backbone_weights: str | None = None, **kwargs):
-        self.backbone_weights = check_backbone_weights(backbone_weights)
+        self.backbone_weights = check_backbone_weights(backbone_weights, "resnet18")
         super().__init__(**kwargs)
 
 
@@ -163,7 +163,7 @@ class DSAMNet(ZooModel):
         self.freeze_unused()
         on_meta = self.backbone.conv1.weight.device.type == "meta"  # from_pretrained: weights come from the file
         if config.backbone_weights == "imagenet" and self.num_bands == 3 and not on_meta:
-            load_matching(self.backbone, torchvision_state_dict("ResNet18_Weights.IMAGENET1K_V1"))
+            load_matching(self.backbone, torchvision_state_dict("imagenet", "resnet18"))
 
     def frozen_modules(self) -> list[nn.Module]:
         b = self.backbone

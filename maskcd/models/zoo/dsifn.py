@@ -27,7 +27,7 @@ from transformers import PreTrainedConfig
 
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, bce_loss, config_builder
-from maskcd.models.zoo._imagenet_weights import check_backbone_weights, load_matching, torchvision_state_dict
+from maskcd.models.zoo._pretrained import check_backbone_weights, load_matching, torchvision_state_dict
 
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 TAPS = (3, 8, 15, 22, 29)  # indices of the ReLU outputs used (strides 1, 2, 4, 8, 16)
@@ -43,7 +43,7 @@ class DSIFNConfig(PreTrainedConfig):
     model_type = "maskcd-dsifn"
 
     def __init__(self, backbone_weights: str | None = None, **kwargs):
-        self.backbone_weights = check_backbone_weights(backbone_weights)
+        self.backbone_weights = check_backbone_weights(backbone_weights, "vgg16")
         super().__init__(**kwargs)
 
 
@@ -136,7 +136,7 @@ class DSIFN(ZooModel):
         self.freeze_unused()
         on_meta = self.o5_conv4.weight.device.type == "meta"  # from_pretrained: weights come from the file
         if config.backbone_weights == "imagenet" and not on_meta:
-            state = torchvision_state_dict("VGG16_Weights.IMAGENET1K_V1")
+            state = torchvision_state_dict("imagenet", "vgg16")
             for base in (self.t1_base, self.t2_base):
                 load_matching(base, state)
 
