@@ -30,6 +30,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from maskcd.errors import InputError
+from maskcd.io.coreg import Coregistration, corrected_src_transform
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import acquisition_date, open_raster
 from maskcd.models.base import InferenceSpec
@@ -90,6 +91,8 @@ class AlignedPair:
         before_date: ISO date from the before file's tags or name, if any.
         after_date: Same for the after image.
         aoi_wkb: The AOI polygon (WKB, in the grid CRS), if any.
+        notes: Messages for the run record (warnings given while aligning).
+        coreg: The co-registration applied to the after image when it is read (see :mod:`maskcd.io.coreg`).
     """
 
     before: str
@@ -103,10 +106,16 @@ class AlignedPair:
     after_date: str | None = None
     aoi_wkb: bytes | None = None
     notes: tuple[str, ...] = field(default=())
+    coreg: Coregistration | None = None
 
-    def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear) -> PairReader:
-        """Open both images for windowed reads on ``grid`` (default: the reference grid)."""
-        return PairReader(self, grid or self.grid, resampling)
+    def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear, *,
+               coregistered: bool = True) -> PairReader:
+        """Open both images for windowed reads on ``grid`` (default: the reference grid).
+
+        ``coregistered=False`` reads the after image without the co-registration correction (for estimating it).
+        """
+        coreg = self.coreg if coregistered and self.coreg is not None and self.coreg.applied else None
+        return PairReader(self, grid or self.grid, resampling, coreg=coreg)
 
     def aoi_geometry(self):
         if self.aoi_wkb is None:
@@ -138,9 +147,12 @@ class PairReader:
     pixels zero-filled) and a ``(h, w)`` bool validity.
     """
 
-    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling):
+    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling, coreg: Coregistration | None = None):
         self.pair = pair
         self.grid = grid
+        self.resampling = resampling
+        self.coreg = coreg
+        self._local_vrt: tuple[tuple[int, int, int, int], WarpedVRT] | None = None
         self._src_a = self._src_b = None
         try:
             self._src_a = rasterio.open(pair.before)
@@ -153,7 +165,39 @@ class PairReader:
             raise InputError(f"after image {pair.after} cannot be opened any more ({str(err).splitlines()[0]}): was it moved or changed during the run?") from err
         same_grid = grid == pair.grid and not pair.warp_before
         self._vrt_a = None if same_grid else WarpedVRT(self._src_a, **_vrt_kwargs(self._src_a, grid, resampling))
-        self._vrt_b = WarpedVRT(self._src_b, **_vrt_kwargs(self._src_b, grid, resampling))
+        kw_b = _vrt_kwargs(self._src_b, grid, resampling)
+        if coreg is not None and not coreg.is_local:
+            # global shift: the after image's source transform is moved, so the one warp applies it
+            kw_b["src_transform"] = self._shifted_src_transform(Affine.translation(coreg.dx, coreg.dy))
+        self._vrt_b = None if coreg is not None and coreg.is_local else WarpedVRT(self._src_b, **kw_b)
+
+    def _shifted_src_transform(self, pixel_map: Affine) -> Affine:
+        """The after image's source transform under which a warp reads, at reference-grid pixel ``p``, the after
+        content at ``pixel_map(p)`` (offsets are in pixels of the pair's reference grid; the source transform does not
+        depend on the grid a reader warps onto)."""
+        ref = self.pair.grid
+        return corrected_src_transform(self._src_b.transform, self._src_b.crs, ref.transform, ref.crs, pixel_map,
+                                       (ref.width / 2, ref.height / 2))
+
+    def _local_after(self, row: int, col: int, height: int, width: int) -> tuple[WarpedVRT, Window]:
+        """A WarpedVRT over one window whose source transform applies the local field's affine approximation over
+        that window (built per window, kept for a repeated read of the same window)."""
+        key = (row, col, height, width)
+        if self._local_vrt is not None and self._local_vrt[0] == key:
+            return self._local_vrt[1], Window(0, 0, width, height)
+        if self._local_vrt is not None:
+            self._local_vrt[1].close()
+            self._local_vrt = None
+        to_ref = ~self.pair.grid.transform * self.grid.transform  # this grid's pixels -> reference-grid pixels
+        c0, r0 = to_ref * (col, row)
+        c1, r1 = to_ref * (col + width, row + height)
+        pm = self.coreg.window_affine(r0, c0, r1 - r0, c1 - c0)
+        wgrid = Grid(self.grid.crs, self.grid.window_transform(row, col), width, height)
+        kw = _vrt_kwargs(self._src_b, wgrid, self.resampling)
+        kw["src_transform"] = self._shifted_src_transform(pm)
+        vrt = WarpedVRT(self._src_b, **kw)
+        self._local_vrt = (key, vrt)
+        return vrt, Window(0, 0, width, height)
 
     @staticmethod
     def _read(ds, bands, window, role: str, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -195,13 +239,20 @@ class PairReader:
             a, va = self._read(self._src_a, bands, Window(c0 + col, r0 + row, width, height), "before", self.pair.before)
         else:
             a, va = self._read(self._vrt_a, bands, Window(col, row, width, height), "before", self.pair.before)
-        b, vb = self._read(self._vrt_b, bands, Window(col, row, width, height), "after", self.pair.after)
+        if self._vrt_b is None:
+            vrt_b, win_b = self._local_after(row, col, height, width)
+        else:
+            vrt_b, win_b = self._vrt_b, Window(col, row, width, height)
+        b, vb = self._read(vrt_b, bands, win_b, "after", self.pair.after)
         valid = va & vb
         a[:, ~valid] = 0.0
         b[:, ~valid] = 0.0
         return a, b, valid
 
     def close(self) -> None:
+        if self._local_vrt is not None:
+            self._local_vrt[1].close()
+            self._local_vrt = None
         for ds in (self._vrt_a, self._vrt_b, self._src_a, self._src_b):
             if ds is not None:
                 ds.close()
