@@ -31,6 +31,7 @@ from maskcd.inference.tiling import grid_windows, resolve_overlap
 from maskcd.io.align import AlignedPair, align_pair
 from maskcd.io.coreg import Coregistration
 from maskcd.io.coreg import estimate as estimate_coregistration
+from maskcd.io.radiometry import compute_radiometry
 from maskcd.io.shift import ShiftEstimate
 
 logger = logging.getLogger(__name__)
@@ -228,6 +229,9 @@ def map_rasters(
         grid = pair.grid
         tile = int(options.tile or spec.tile_size)
         overlap = resolve_overlap(tile, options.overlap)
+        # per-date radiometric scaling into the model's value range (one decimated read of the overlap)
+        pair = replace(pair, radiometry=compute_radiometry(pair, options.scale,
+                                                           match_histogram=options.match_histogram))
         timings["align_s"] = time.perf_counter() - t
 
         # 1b. co-registration: estimated on the uncorrected reads, applied inside the after image's warp
@@ -376,6 +380,7 @@ def map_scene(
                           "inference_spec": model.inference_spec.to_dict()},
                 "shift_estimate": shift.to_dict(),
                 "coregistration": rr.coreg.to_metadata() if rr.coreg else None,
+                "radiometry": pair.radiometry.to_metadata() if pair.radiometry else None,
                 "n_windows": len(rr.windows),
                 "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
                 "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,

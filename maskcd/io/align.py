@@ -31,6 +31,7 @@ from rasterio.windows import Window
 
 from maskcd.errors import InputError
 from maskcd.io.coreg import Coregistration, corrected_src_transform
+from maskcd.io.radiometry import Radiometry
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import acquisition_date, open_raster
 from maskcd.models.base import InferenceSpec
@@ -92,7 +93,11 @@ class AlignedPair:
         after_date: Same for the after image.
         aoi_wkb: The AOI polygon (WKB, in the grid CRS), if any.
         notes: Messages for the run record (warnings given while aligning).
+        resampling: Resampling of the warps onto the grid (``bilinear``; ``average`` when the mapping grid is coarser
+            than the input by more than 1.5×).
         coreg: The co-registration applied to the after image when it is read (see :mod:`maskcd.io.coreg`).
+        radiometry: The per-date value scaling applied to both images when they are read
+            (see :mod:`maskcd.io.radiometry`).
     """
 
     before: str
@@ -106,16 +111,21 @@ class AlignedPair:
     after_date: str | None = None
     aoi_wkb: bytes | None = None
     notes: tuple[str, ...] = field(default=())
+    resampling: str = "bilinear"
     coreg: Coregistration | None = None
+    radiometry: Radiometry | None = None
 
-    def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear, *,
-               coregistered: bool = True) -> PairReader:
+    def reader(self, grid: Grid | None = None, resampling: Resampling | None = None, *,
+               coregistered: bool = True, scaled: bool = True) -> PairReader:
         """Open both images for windowed reads on ``grid`` (default: the reference grid).
 
-        ``coregistered=False`` reads the after image without the co-registration correction (for estimating it).
+        ``coregistered=False`` reads the after image without the co-registration correction (for estimating it);
+        ``scaled=False`` returns raw values (for computing the scaling).
         """
         coreg = self.coreg if coregistered and self.coreg is not None and self.coreg.applied else None
-        return PairReader(self, grid or self.grid, resampling, coreg=coreg)
+        radiometry = self.radiometry if scaled and self.radiometry is not None and not self.radiometry.is_identity else None
+        return PairReader(self, grid or self.grid, resampling or Resampling[self.resampling], coreg=coreg,
+                          radiometry=radiometry)
 
     def aoi_geometry(self):
         if self.aoi_wkb is None:
@@ -147,8 +157,10 @@ class PairReader:
     pixels zero-filled) and a ``(h, w)`` bool validity.
     """
 
-    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling, coreg: Coregistration | None = None):
+    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling, coreg: Coregistration | None = None,
+                 radiometry: Radiometry | None = None):
         self.pair = pair
+        self.radiometry = radiometry
         self.grid = grid
         self.resampling = resampling
         self.coreg = coreg
@@ -247,6 +259,8 @@ class PairReader:
         valid = va & vb
         a[:, ~valid] = 0.0
         b[:, ~valid] = 0.0
+        if self.radiometry is not None:
+            self.radiometry.apply(a, b, valid)
         return a, b, valid
 
     def close(self) -> None:
