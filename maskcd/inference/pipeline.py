@@ -225,7 +225,8 @@ def map_rasters(
     try:
         # 1. read and align
         t = time.perf_counter()
-        pair = align_pair(before, after, spec, bands=options.bands, aoi=options.aoi, model_name=options.model)
+        pair = align_pair(before, after, spec, bands=options.bands, aoi=options.aoi, model_name=options.model,
+                          gsd=options.gsd)
         grid = pair.grid
         tile = int(options.tile or spec.tile_size)
         overlap = resolve_overlap(tile, options.overlap)
@@ -375,7 +376,9 @@ def map_scene(
                 "bands": list(pair.bands),
                 "dates": {"before": attrs.get("before_date"), "after": attrs.get("after_date")},
                 "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
-                         "height": grid.height},
+                         "height": grid.height, "res": list(grid.res), "input_res": pair.input_res,
+                         "gsd_option": options.gsd, "resampling": pair.resampling,
+                         "model_gsd": model.inference_spec.gsd},
                 "model": {"name": options.model, "sha256_16": attrs["model_sha"],
                           "inference_spec": model.inference_spec.to_dict()},
                 "shift_estimate": shift.to_dict(),

@@ -39,6 +39,32 @@ from maskcd.models.base import InferenceSpec
 logger = logging.getLogger(__name__)
 
 GSD_RATIO_WARN = 1.25
+GSD_RESAMPLE_RATIO = 1.5
+"""``--gsd model`` resamples when the input pixel size is more than this factor away from the model's GSD."""
+
+
+def resolve_gsd(gsd: str | float, input_res: float, model_gsd: float | None) -> float | None:
+    """The mapping pixel size in CRS units for ``--gsd`` (``None``: the input's own grid).
+
+    ``native`` keeps the input grid; ``model`` uses the model's training GSD when the input pixel size is more than
+    :data:`GSD_RESAMPLE_RATIO` times away from it (and the model records one); a number is a pixel size in metres.
+    """
+    if isinstance(gsd, str):
+        key = gsd.strip().lower()
+        if key == "native":
+            return None
+        if key == "model":
+            if not model_gsd:
+                return None
+            ratio = max(input_res / model_gsd, model_gsd / input_res)
+            return float(model_gsd) if ratio > GSD_RESAMPLE_RATIO else None
+        try:
+            gsd = float(key)
+        except ValueError:
+            raise InputError(f"--gsd {gsd!r}: pass native, model or a pixel size in metres") from None
+    if not gsd > 0:
+        raise InputError(f"--gsd {gsd!r}: the pixel size must be positive")
+    return float(gsd)
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,7 @@ class AlignedPair:
         notes: Messages for the run record (warnings given while aligning).
         resampling: Resampling of the warps onto the grid (``bilinear``; ``average`` when the mapping grid is coarser
             than the input by more than 1.5×).
+        input_res: Pixel size of the reference image (before any ``--gsd`` resampling).
         coreg: The co-registration applied to the after image when it is read (see :mod:`maskcd.io.coreg`).
         radiometry: The per-date value scaling applied to both images when they are read
             (see :mod:`maskcd.io.radiometry`).
@@ -112,6 +139,7 @@ class AlignedPair:
     aoi_wkb: bytes | None = None
     notes: tuple[str, ...] = field(default=())
     resampling: str = "bilinear"
+    input_res: float | None = None
     coreg: Coregistration | None = None
     radiometry: Radiometry | None = None
 
@@ -370,8 +398,10 @@ def align_pair(
     bands: list[int] | None = None,
     aoi: str | None = None,
     model_name: str = "the model",
+    gsd: str | float = "native",
 ) -> AlignedPair:
-    """Check both inputs and describe them on the before image's grid.
+    """Check both inputs and describe them on the before image's grid (or on a grid with the same origin and
+    ``gsd`` pixels, see :func:`resolve_gsd`; both dates are then resampled in their warp).
 
     Raises:
         InputError: Missing/corrupt file, no CRS, band-count mismatch, no overlap, or an AOI outside the scene.
@@ -415,6 +445,21 @@ def align_pair(
             msg = f"after pixel size ≈{b_res:.3g} vs before {grid.res[0]:.3g} (ratio {ratio:.2f} > {GSD_RATIO_WARN}): after is resampled onto the before grid"
             logger.warning(msg)
             notes.append(msg)
+        input_res = grid.res[0]
+        target = resolve_gsd(gsd, input_res, spec.gsd)
+        resampling = "bilinear"
+        if target is not None and abs(target - input_res) > 1e-6 * input_res:
+            t = grid.transform
+            width = max(1, math.ceil(grid.width * abs(t.a) / target - 1e-6))
+            height = max(1, math.ceil(grid.height * abs(t.e) / target - 1e-6))
+            grid = Grid(grid.crs, Affine(target, 0.0, t.c, 0.0, -target, t.f), width, height)
+            warp_before = True
+            resampling = "average" if target > GSD_RESAMPLE_RATIO * input_res else "bilinear"
+            msg = f"mapping at {target:.4g} m pixels (input {input_res:.4g} m, --gsd {gsd}): both dates resampled ({resampling}) in their warp"
+            logger.info(msg)
+            notes.append(msg)
+        elif gsd == "model" and spec.gsd is None:
+            notes.append("the model records no training GSD: mapping at the input's pixel size")
         if spec.gsd and not (0.5 <= grid.res[0] / spec.gsd <= 2.0):
             msg = f"pixel size {grid.res[0]:.3g} m is far from the model's training GSD {spec.gsd:.3g} m"
             logger.warning(msg)
@@ -448,4 +493,6 @@ def align_pair(
             after_date=acquisition_date(src_b),
             aoi_wkb=aoi_wkb,
             notes=tuple(notes),
+            resampling=resampling,
+            input_res=float(input_res),
         )
