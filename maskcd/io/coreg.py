@@ -363,15 +363,13 @@ def _consensus(tps: list[TiePoint], shape: tuple[int, int], seconds: float) -> C
                           seconds=seconds, note=note)
 
 
-def estimate_local(pair, *, size: int | None = None, max_points: int = 12) -> Coregistration:
+def estimate_local(pair, *, size: int = 128, max_points: int = 10) -> Coregistration:
     """Tie-point grid, robust rejection and a polynomial displacement field (see the module docstring)."""
     import time
 
     t0 = time.perf_counter()
     g = pair.grid
     shape = (g.height, g.width)
-    if size is None:
-        size = 256 if min(g.height, g.width) >= 1536 else 128
     size = int(min(size, g.height, g.width))
     if size < 32:
         return Coregistration("local", reliability=0.0, grid_shape=shape,
