@@ -178,7 +178,8 @@ def _shift_record(co: Coregistration) -> ShiftEstimate:
 
 
 def tie_points_frame(co: Coregistration, grid):
-    """The tie points (or global windows) as a point GeoDataFrame in the grid CRS (``coreg_tie_points`` layer)."""
+    """The tie points as a point GeoDataFrame in the grid CRS (the ``coreg_tie_points`` layer of ``--coregister
+    local``; the global mode's windows are summarised in ``run_metadata`` only)."""
     import geopandas as gpd
     import shapely
 
@@ -397,7 +398,7 @@ def map_scene(
             from maskcd.vectorization import write_changes_gpkg
 
             write_changes_gpkg(gdf, out, layer=options.layer, metadata=metadata, overwrite=options.overwrite)
-            if rr.coreg is not None and rr.coreg.tie_points:
+            if rr.coreg is not None and rr.coreg.mode == "local" and rr.coreg.tie_points:
                 from maskcd.vectorization import add_layer_to_gpkg
 
                 add_layer_to_gpkg(out, tie_points_frame(rr.coreg, grid), layer=TIE_POINTS_LAYER,

@@ -60,5 +60,3 @@ def test_site_report_and_sites_layer_carry_the_coregistration(tmp_path, shared_d
     sites = pyogrio.read_dataframe(merged, layer="sites")
     assert {"coreg_mode", "coreg_applied", "coreg_dx_px", "coreg_dy_px", "coreg_reliability"} <= set(sites.columns)
     assert abs(float(sites["coreg_dx_px"].iloc[0]) + 0.8) <= 0.1 and bool(sites["coreg_applied"].iloc[0])
-    layers = {name for name, _ in pyogrio.list_layers(tmp_path / "out" / "naip" / "changes.gpkg")}
-    assert "coreg_tie_points" in layers
