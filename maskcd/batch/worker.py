@@ -236,7 +236,9 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
             "after_date": pair.after_date, "n_polygons": int(result.n_polygons),
             "changed_km2": float(result.changed_km2), "valid_km2": float(result.valid_km2),
             "n_pixels": int(result.n_pixels), "shift_px": [float(v) for v in result.shift_px],
-            "coregistration": dict(getattr(result, "coregistration", None) or {}),
+            # without its stage time (in "timings"), so that reruns give identical reports
+            "coregistration": {k: v for k, v in (getattr(result, "coregistration", None) or {}).items()
+                               if k != "seconds"},
             "run_id": result.run_id, "seconds": round(seconds, 3),
             "timings": {k: round(float(v), 4) for k, v in (result.timings or {}).items()},
         })
