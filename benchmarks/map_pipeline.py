@@ -8,6 +8,9 @@ Run: ``.venv/bin/python benchmarks/map_pipeline.py`` (CPU, Swin-T MaskCD, 1024²
     over the *same* windows, pre-read into memory (goal ≤ 1.15). Also pairs/s and MP/s of the forward.
 (b) Vectorising a 16k² mask with Dask vs ``gdal_polygonize``: ``benchmarks/vectorize.py`` (issue 3b), run with
     ``--vectorize``.
+(d) Co-registration (issue 13): ``map_scene`` with ``--coregister off``, ``global`` and ``local`` on one synthetic
+    scene (``--coreg-size``, default 2048², Swin-T MaskCD, run with ``--coreg``); prints the ``coregister`` stage time
+    and its share of the ``off`` run's wall time (goals: global ≤ 5 %, local ≤ 15 %).
 (c) Peak RSS of a whole ``map_scene`` run at 2k, 8k and 16k square scenes, each in its own child process, read from
     ``/proc``: the child's ``VmHWM`` and the sampled PSS sum over the child and its DataLoader workers.
     (``getrusage`` is not used: ``ru_maxrss`` carries the parent's peak across fork + exec, and a forked worker's
@@ -232,6 +235,36 @@ def part_a(args, work: Path) -> None:
         }, indent=2))
 
 
+def part_d(args, work: Path) -> None:
+    from maskcd.data.synthetic import make_scene_pair
+    from maskcd.inference import MapOptions, map_scene
+    from maskcd.models import build_model
+
+    scene = make_scene_pair(work / "d", seed=41, size=args.coreg_size)
+    torch.manual_seed(0)
+    model = build_model(args.preset).eval()
+    print(f"(d) co-registration stage: {args.preset} on {args.device}, {args.coreg_size}² synthetic scene, batch "
+          f"{args.batch_size}, {args.workers} reader worker(s), {torch.get_num_threads()} torch threads")
+    walls, stages = {}, {}
+    for mode in ("off", "global", "local"):
+        opts = MapOptions(model=args.preset, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device, overwrite=True, coregister=mode)
+        t = time.perf_counter()
+        res = map_scene(scene["before"], scene["after"], work / "d" / f"{mode}.gpkg", opts, model=model,
+                        progress=False)
+        walls[mode] = time.perf_counter() - t
+        stages[mode] = res.timings.get("coregister_s", 0.0)
+        co = res.coregistration
+        print(f"    {mode:>6}: wall {walls[mode]:.1f} s, coregister stage {stages[mode]:.2f} s "
+              f"({co.get('n_tie_points', 0)} windows/tie points, applied {co.get('applied')}, dy {co.get('dy_px')}, "
+              f"dx {co.get('dx_px')}, reliability {co.get('reliability')})")
+    base = walls["off"]
+    for mode, goal in (("global", 0.05), ("local", 0.15)):
+        share = stages[mode] / base
+        print(f"    {mode}: stage / off-run wall = {share:.3f} (goal <= {goal}: {'met' if share <= goal else 'NOT met'}); "
+              f"wall {mode} / off = {walls[mode] / base:.3f} (noisy on a shared machine)")
+
+
 def write_mosaic_vrt(src: Path, dst: Path, size: int) -> Path:
     """A ``size × size`` VRT tiling ``src`` (north-up) repeatedly from its origin."""
     import rasterio
@@ -444,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="scene sizes of part (c2)")
     ap.add_argument("--holding", action="store_true", help="(c2) also measure the old hold-everything path")
     ap.add_argument("--child-stage", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--coreg", action="store_true", help="also run part (d): the co-registration stage")
+    ap.add_argument("--coreg-size", type=int, default=2048, help="scene size of part (d)")
     ap.add_argument("--vectorize", action="store_true", help="also run part (b): benchmarks/vectorize.py")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the figures of part (a) to this JSON file")
@@ -471,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             print("(b) vectorising (benchmarks/vectorize.py):", flush=True)
             subprocess.run([sys.executable, str(REPO / "benchmarks" / "vectorize.py"), "--workdir", str(work / "b")],
                            check=False)
+        if args.coreg:
+            part_d(args, work)
         if not args.skip_c:
             part_c(args, work)
         if not args.skip_c2:

@@ -365,6 +365,9 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
             "first_date": site.get("first_date"), "last_date": site.get("last_date"),
             "n_polygons": site.get("n_polygons", 0), "changed_km2": site.get("changed_km2", 0.0),
             "valid_km2": site.get("valid_km2", 0.0), "max_shift_px": site.get("max_shift_px", 0.0),
+            "coreg_mode": site.get("coreg_mode"), "coreg_applied": site.get("coreg_applied"),
+            "coreg_dx_px": site.get("coreg_dx_px"), "coreg_dy_px": site.get("coreg_dy_px"),
+            "coreg_reliability": site.get("coreg_reliability"),
             "error": site.get("error"),
         })
         geom = None

@@ -145,6 +145,21 @@ def _combine_gpkgs(pair_gpkgs: list[tuple[Path, str]], out: Path) -> None:
                           geometry_type="MultiPolygon")
 
 
+def _coreg_summary(pairs_report: list[dict]) -> dict:
+    """Site-level co-registration figures (for ``report.json`` and the ``sites`` layer): those of the pair with the
+    largest estimated shift, whether any pair was corrected, and the lowest reliability."""
+    cos = [p["coregistration"] for p in pairs_report if p.get("coregistration")]
+    if not cos:
+        return {}
+    worst = max(cos, key=lambda c: abs(c.get("dx_px") or 0.0) + abs(c.get("dy_px") or 0.0))
+    rel = [c["reliability"] for c in cos if c.get("reliability") is not None]
+    return {
+        "coreg_mode": worst.get("mode"), "coreg_applied": any(bool(c.get("applied")) for c in cos),
+        "coreg_dx_px": worst.get("dx_px"), "coreg_dy_px": worst.get("dy_px"),
+        "coreg_reliability": min(rel) if rel else None, "coreg_rmse_px": worst.get("rmse_px"),
+    }
+
+
 def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None) -> dict:
     """Map every pair of one site into ``OUTDIR/<site_id>/``; never raises.
 
@@ -222,6 +237,9 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
             "after_date": pair.after_date, "n_polygons": int(result.n_polygons),
             "changed_km2": float(result.changed_km2), "valid_km2": float(result.valid_km2),
             "n_pixels": int(result.n_pixels), "shift_px": [float(v) for v in result.shift_px],
+            # without its stage time (in "timings"), so that reruns give identical reports
+            "coregistration": {k: v for k, v in (getattr(result, "coregistration", None) or {}).items()
+                               if k != "seconds"},
             "run_id": result.run_id, "seconds": round(seconds, 3),
             "timings": {k: round(float(v), 4) for k, v in (result.timings or {}).items()},
         })
@@ -256,6 +274,7 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
         "valid_km2": max((p["valid_km2"] for p in pairs_report), default=0.0),
         "n_pixels": sum(p["n_pixels"] for p in pairs_report),
         "max_shift_px": max(shifts, default=0.0),
+        **_coreg_summary(pairs_report),
         "pairs": pairs_report,
         "footprint_wkt": footprint,
         "footprint_crs": footprint_crs,

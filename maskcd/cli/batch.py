@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
     m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
+    from maskcd.cli.map import add_real_imagery_args
+
+    add_real_imagery_args(m)
     m.add_argument("--loader-workers", type=int, dest="loader_workers",
                    help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p
@@ -133,8 +136,17 @@ def options_from_args(args: argparse.Namespace) -> MapOptions:
             values["bands"] = _bands(str(values["bands"]))
         except argparse.ArgumentTypeError as err:
             raise InputError(str(err)) from err
+    if values.get("gsd") is not None and not isinstance(values["gsd"], (int, float)):
+        from maskcd.cli.map import _gsd
+
+        try:
+            values["gsd"] = _gsd(str(values["gsd"]))
+        except argparse.ArgumentTypeError as err:
+            raise InputError(str(err)) from err
     opts = MapOptions(**values)
-    for key, ok in (("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
+    for key, ok in (("coregister", opts.coregister in ("off", "global", "local")),
+                    ("scale", opts.scale in ("auto", "none", "percentile", "minmax")),
+                    ("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
                     ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
                     ("tile", opts.tile is None or opts.tile >= 16), ("overlap", opts.overlap >= 0),
                     ("blend", opts.blend in BLEND_MODES)):

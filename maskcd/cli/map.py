@@ -59,6 +59,31 @@ def _bands(text: str) -> list[int]:
     return bands
 
 
+def _gsd(text: str) -> str | float:
+    if str(text).lower() in ("native", "model"):
+        return str(text).lower()
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--gsd wants native, model or a pixel size in metres, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--gsd must be a positive pixel size in metres, got {text!r}")
+    return value
+
+
+def add_real_imagery_args(p) -> None:
+    """``--coregister``, ``--gsd``, ``--scale`` and ``--match-histogram`` (shared with ``maskcd-batch``)."""
+    p.add_argument("--coregister", choices=["off", "global", "local"],
+                   help="co-register the after image: one sub-pixel shift (global, default) or a tie-point field (local)")
+    p.add_argument("--gsd", type=_gsd, help="mapping pixel size: model (default; the model's GSD when the input is "
+                   "> 1.5x away), native, or metres")
+    p.add_argument("--scale", choices=["auto", "none", "percentile", "minmax"],
+                   help="radiometry: auto (default: 8-bit as is, 16-bit/float per-band 2-98 %% percentiles), none, "
+                   "percentile or minmax")
+    p.add_argument("--match-histogram", action="store_true", default=None, dest="match_histogram",
+                   help="match the after image's histograms to the before image's before scaling")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Map changes between two co-located GeoTIFFs into a GeoPackage.")
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
@@ -80,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="DataLoader / Dask workers")
     p.add_argument("--blend", choices=["cosine", "mean", "crop"], help="overlap blending")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing outputs")
+    add_real_imagery_args(p)
     p.add_argument("--config", help="YAML file with the same keys as the flags")
     p.add_argument("--demo", action="store_true", help="map a generated synthetic mining-site pair and score it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -97,8 +123,15 @@ def resolve_options(args: argparse.Namespace) -> MapOptions:
             values[key] = v
     if values.get("bands") is not None and not isinstance(values["bands"], list):
         values["bands"] = _bands(str(values["bands"]))
+    if values.get("gsd") is not None and not isinstance(values["gsd"], (int, float)):
+        try:
+            values["gsd"] = _gsd(str(values["gsd"]))
+        except argparse.ArgumentTypeError as err:
+            raise InputError(str(err)) from err
     opts = MapOptions(**values)
-    for key, ok in (("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
+    for key, ok in (("coregister", opts.coregister in ("off", "global", "local")),
+                    ("scale", opts.scale in ("auto", "none", "percentile", "minmax")),
+                    ("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
                     ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
                     ("tile", opts.tile is None or opts.tile >= 16), ("blend", opts.blend in BLEND_MODES)):
         if not ok:
@@ -154,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{PROG}: {result.n_pixels:,} px ({px_km2:.3f} km², {result.valid_km2:.3f} km² valid), "
         f"{result.n_polygons} polygons, {result.changed_km2:.4f} km² changed, "
-        f"shift {result.shift_px[0]:+.2f},{result.shift_px[1]:+.2f} px, wall {wall:.1f} s "
+        f"shift {result.shift_px[0]:+.2f},{result.shift_px[1]:+.2f} px"
+        f"{' (applied)' if result.coregistration.get('applied') else ''}, wall {wall:.1f} s "
         f"({result.n_pixels / 1e6 / max(wall, 1e-9):.2f} MP/s) -> {result.gpkg}"
     )
     if truth is not None:

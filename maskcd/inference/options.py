@@ -30,6 +30,13 @@ class MapOptions:
         overwrite: Replace existing outputs.
         blend: ``cosine`` (default), ``mean`` or ``crop``.
         layer: GeoPackage layer name.
+        coregister: ``off``, ``global`` (default: one sub-pixel shift, applied when reliable and ≥ 0.25 px) or
+            ``local`` (tie-point grid and a polynomial displacement field); see :mod:`maskcd.io.coreg`.
+        gsd: Mapping pixel size: ``model`` (default: the model's training GSD when the input's is more than 1.5×
+            away from it), ``native`` (the before image's), or metres.
+        scale: Radiometry: ``auto`` (8-bit as is, 16-bit/float per-band 2–98 % percentiles), ``none``,
+            ``percentile`` or ``minmax``; see :mod:`maskcd.io.radiometry`.
+        match_histogram: Match the after image's histograms to the before image's (per band) before scaling.
     """
 
     model: str = "mining"
@@ -48,6 +55,10 @@ class MapOptions:
     overwrite: bool = False
     blend: str = "cosine"
     layer: str = "changes"
+    coregister: str = "global"
+    gsd: str | float = "model"
+    scale: str = "auto"
+    match_histogram: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -70,6 +81,7 @@ class MapResult:
         n_polygons: Change polygons written.
         changed_km2: Total polygon area, km².
         shift_px: Estimated global shift of after relative to before ``(dy, dx)`` in pixels.
+        coregistration: The ``run_metadata`` ``coregistration`` record (mode, dx/dy, applied, reliability...).
         timings: Seconds per stage.
         run_id: Unique id recorded in the GeoPackage.
     """
@@ -82,5 +94,6 @@ class MapResult:
     n_polygons: int = 0
     changed_km2: float = 0.0
     shift_px: tuple[float, float] = (0.0, 0.0)
+    coregistration: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     run_id: str = ""

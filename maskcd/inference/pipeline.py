@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import rasterio
@@ -42,10 +42,14 @@ from maskcd.inference.stitch import StitchStats, stitch_to_cogs
 from maskcd.inference.store import TileStore
 from maskcd.inference.tiling import grid_windows, resolve_overlap
 from maskcd.io.align import AlignedPair, align_pair
-from maskcd.io.shift import ShiftEstimate, estimate_shift
+from maskcd.io.coreg import Coregistration
+from maskcd.io.coreg import estimate as estimate_coregistration
+from maskcd.io.radiometry import compute_radiometry
+from maskcd.io.shift import ShiftEstimate
 
 logger = logging.getLogger(__name__)
 
+TIE_POINTS_LAYER = "coreg_tie_points"
 GDAL_CACHEMAX_MB = int(os.environ.get("MASKCD_GDAL_CACHEMAX_MB", "128"))
 
 
@@ -177,6 +181,33 @@ class RasterRun:
     timings: dict
     is_main: bool = True
     windows_done: int = 0
+    coreg: Coregistration | None = None
+
+
+def _shift_record(co: Coregistration) -> ShiftEstimate:
+    """The legacy ``shift_estimate`` record (median peak height of the windows) from a co-registration."""
+    peaks = sorted(tp.z for tp in co.tie_points)
+    return ShiftEstimate(co.dy, co.dx, co.n_tie_points, float(peaks[len(peaks) // 2]) if peaks else 0.0)
+
+
+def tie_points_frame(co: Coregistration, grid):
+    """The tie points as a point GeoDataFrame in the grid CRS (the ``coreg_tie_points`` layer of ``--coregister
+    local``; the global mode's windows are summarised in ``run_metadata`` only)."""
+    import geopandas as gpd
+    import shapely
+
+    tps = list(co.tie_points)
+    xs, ys = [], []
+    for tp in tps:
+        x, y = grid.transform * (tp.col + 0.5, tp.row + 0.5)
+        xs.append(x)
+        ys.append(y)
+    return gpd.GeoDataFrame(
+        {"dx_px": [tp.dx for tp in tps], "dy_px": [tp.dy for tp in tps],
+         "reliability": [tp.reliability for tp in tps], "used": [bool(tp.used) for tp in tps],
+         "peak_z": [tp.z for tp in tps], "mode": [co.mode] * len(tps)},
+        geometry=shapely.points(xs, ys) if tps else [], crs=grid.crs,
+    )
 
 
 def map_rasters(
@@ -208,12 +239,22 @@ def map_rasters(
     try:
         # 1. read and align
         t = time.perf_counter()
-        pair = align_pair(before, after, spec, bands=options.bands, aoi=options.aoi, model_name=options.model)
+        pair = align_pair(before, after, spec, bands=options.bands, aoi=options.aoi, model_name=options.model,
+                          gsd=options.gsd)
         grid = pair.grid
         tile = int(options.tile or spec.tile_size)
         overlap = resolve_overlap(tile, options.overlap)
-        shift = estimate_shift(pair)
+        # per-date radiometric scaling into the model's value range (one decimated read of the overlap)
+        pair = replace(pair, radiometry=compute_radiometry(pair, options.scale,
+                                                           match_histogram=options.match_histogram))
         timings["align_s"] = time.perf_counter() - t
+
+        # 1b. co-registration: estimated on the uncorrected reads, applied inside the after image's warp
+        t = time.perf_counter()
+        coreg = estimate_coregistration(pair, options.coregister)
+        pair = replace(pair, coreg=coreg)
+        shift = _shift_record(coreg)
+        timings["coregister_s"] = time.perf_counter() - t
 
         # 2. tile (windows with < 5 % valid data are skipped when read)
         windows = grid_windows(grid.height, grid.width, tile, tile - overlap)
@@ -242,7 +283,8 @@ def map_rasters(
                 f"values or pass images of the same place"
             )
         if not is_main:
-            return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False, windows_done=done)
+            return RasterRun(pair, tile, overlap, windows, shift, None, timings, is_main=False, windows_done=done,
+                             coreg=coreg)
 
         # 4. blend and stitch
         t = time.perf_counter()
@@ -257,7 +299,7 @@ def map_rasters(
         os.replace(tmp_prob, prob_path)
         os.replace(tmp_mask, mask_path)
         timings["stitch_s"] = time.perf_counter() - t
-        return RasterRun(pair, tile, overlap, windows, shift, stats, timings, windows_done=done)
+        return RasterRun(pair, tile, overlap, windows, shift, stats, timings, windows_done=done, coreg=coreg)
     except BaseException:
         if is_main:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -399,10 +441,14 @@ def map_scene(
                 "bands": list(pair.bands),
                 "dates": {"before": attrs.get("before_date"), "after": attrs.get("after_date")},
                 "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
-                         "height": grid.height},
+                         "height": grid.height, "res": list(grid.res), "input_res": pair.input_res,
+                         "gsd_option": options.gsd, "resampling": pair.resampling,
+                         "model_gsd": model.inference_spec.gsd},
                 "model": {"name": options.model, "sha256_16": attrs["model_sha"],
                           "inference_spec": model.inference_spec.to_dict()},
                 "shift_estimate": shift.to_dict(),
+                "coregistration": rr.coreg.to_metadata() if rr.coreg else None,
+                "radiometry": pair.radiometry.to_metadata() if pair.radiometry else None,
                 "n_windows": len(rr.windows),
                 "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
                 "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,
@@ -414,6 +460,12 @@ def map_scene(
                 "outputs": {"prob": str(prob_out), "mask": str(mask_out)},
             }
             writer.close(metadata)
+            if rr.coreg is not None and rr.coreg.mode == "local" and rr.coreg.tie_points:
+                from maskcd.vectorization import add_layer_to_gpkg
+
+                add_layer_to_gpkg(out, tie_points_frame(rr.coreg, grid), layer=TIE_POINTS_LAYER,
+                                  style=TIE_POINTS_LAYER, geometry_type="Point", overwrite_layer=True,
+                                  metadata={"coregistration": rr.coreg.to_metadata()})
             os.replace(tmp_prob, prob_out)
             os.replace(tmp_mask, mask_out)
             timings["write_s"] = time.perf_counter() - t
@@ -435,6 +487,7 @@ def map_scene(
         n_polygons=writer.summary.n_features,
         changed_km2=changed_km2,
         shift_px=(shift.dy, shift.dx),
+        coregistration=rr.coreg.to_metadata() if rr.coreg else {},
         timings=timings,
         run_id=run_id,
     )

@@ -30,6 +30,8 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from maskcd.errors import InputError
+from maskcd.io.coreg import Coregistration, corrected_src_transform
+from maskcd.io.radiometry import Radiometry
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import acquisition_date, open_raster
 from maskcd.models.base import InferenceSpec
@@ -37,6 +39,32 @@ from maskcd.models.base import InferenceSpec
 logger = logging.getLogger(__name__)
 
 GSD_RATIO_WARN = 1.25
+GSD_RESAMPLE_RATIO = 1.5
+"""``--gsd model`` resamples when the input pixel size is more than this factor away from the model's GSD."""
+
+
+def resolve_gsd(gsd: str | float, input_res: float, model_gsd: float | None) -> float | None:
+    """The mapping pixel size in CRS units for ``--gsd`` (``None``: the input's own grid).
+
+    ``native`` keeps the input grid; ``model`` uses the model's training GSD when the input pixel size is more than
+    :data:`GSD_RESAMPLE_RATIO` times away from it (and the model records one); a number is a pixel size in metres.
+    """
+    if isinstance(gsd, str):
+        key = gsd.strip().lower()
+        if key == "native":
+            return None
+        if key == "model":
+            if not model_gsd:
+                return None
+            ratio = max(input_res / model_gsd, model_gsd / input_res)
+            return float(model_gsd) if ratio > GSD_RESAMPLE_RATIO else None
+        try:
+            gsd = float(key)
+        except ValueError:
+            raise InputError(f"--gsd {gsd!r}: pass native, model or a pixel size in metres") from None
+    if not gsd > 0:
+        raise InputError(f"--gsd {gsd!r}: the pixel size must be positive")
+    return float(gsd)
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,13 @@ class AlignedPair:
         before_date: ISO date from the before file's tags or name, if any.
         after_date: Same for the after image.
         aoi_wkb: The AOI polygon (WKB, in the grid CRS), if any.
+        notes: Messages for the run record (warnings given while aligning).
+        resampling: Resampling of the warps onto the grid (``bilinear``; ``average`` when the mapping grid is coarser
+            than the input by more than 1.5×).
+        input_res: Pixel size of the reference image (before any ``--gsd`` resampling).
+        coreg: The co-registration applied to the after image when it is read (see :mod:`maskcd.io.coreg`).
+        radiometry: The per-date value scaling applied to both images when they are read
+            (see :mod:`maskcd.io.radiometry`).
     """
 
     before: str
@@ -103,10 +138,22 @@ class AlignedPair:
     after_date: str | None = None
     aoi_wkb: bytes | None = None
     notes: tuple[str, ...] = field(default=())
+    resampling: str = "bilinear"
+    input_res: float | None = None
+    coreg: Coregistration | None = None
+    radiometry: Radiometry | None = None
 
-    def reader(self, grid: Grid | None = None, resampling: Resampling = Resampling.bilinear) -> PairReader:
-        """Open both images for windowed reads on ``grid`` (default: the reference grid)."""
-        return PairReader(self, grid or self.grid, resampling)
+    def reader(self, grid: Grid | None = None, resampling: Resampling | None = None, *,
+               coregistered: bool = True, scaled: bool = True) -> PairReader:
+        """Open both images for windowed reads on ``grid`` (default: the reference grid).
+
+        ``coregistered=False`` reads the after image without the co-registration correction (for estimating it);
+        ``scaled=False`` returns raw values (for computing the scaling).
+        """
+        coreg = self.coreg if coregistered and self.coreg is not None and self.coreg.applied else None
+        radiometry = self.radiometry if scaled and self.radiometry is not None and not self.radiometry.is_identity else None
+        return PairReader(self, grid or self.grid, resampling or Resampling[self.resampling], coreg=coreg,
+                          radiometry=radiometry)
 
     def aoi_geometry(self):
         if self.aoi_wkb is None:
@@ -138,9 +185,14 @@ class PairReader:
     pixels zero-filled) and a ``(h, w)`` bool validity.
     """
 
-    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling):
+    def __init__(self, pair: AlignedPair, grid: Grid, resampling: Resampling, coreg: Coregistration | None = None,
+                 radiometry: Radiometry | None = None):
         self.pair = pair
+        self.radiometry = radiometry
         self.grid = grid
+        self.resampling = resampling
+        self.coreg = coreg
+        self._local_vrt: tuple[tuple[int, int, int, int], WarpedVRT] | None = None
         self._src_a = self._src_b = None
         try:
             self._src_a = rasterio.open(pair.before)
@@ -153,7 +205,39 @@ class PairReader:
             raise InputError(f"after image {pair.after} cannot be opened any more ({str(err).splitlines()[0]}): was it moved or changed during the run?") from err
         same_grid = grid == pair.grid and not pair.warp_before
         self._vrt_a = None if same_grid else WarpedVRT(self._src_a, **_vrt_kwargs(self._src_a, grid, resampling))
-        self._vrt_b = WarpedVRT(self._src_b, **_vrt_kwargs(self._src_b, grid, resampling))
+        kw_b = _vrt_kwargs(self._src_b, grid, resampling)
+        if coreg is not None and not coreg.is_local:
+            # global shift: the after image's source transform is moved, so the one warp applies it
+            kw_b["src_transform"] = self._shifted_src_transform(Affine.translation(coreg.dx, coreg.dy))
+        self._vrt_b = None if coreg is not None and coreg.is_local else WarpedVRT(self._src_b, **kw_b)
+
+    def _shifted_src_transform(self, pixel_map: Affine) -> Affine:
+        """The after image's source transform under which a warp reads, at reference-grid pixel ``p``, the after
+        content at ``pixel_map(p)`` (offsets are in pixels of the pair's reference grid; the source transform does not
+        depend on the grid a reader warps onto)."""
+        ref = self.pair.grid
+        return corrected_src_transform(self._src_b.transform, self._src_b.crs, ref.transform, ref.crs, pixel_map,
+                                       (ref.width / 2, ref.height / 2))
+
+    def _local_after(self, row: int, col: int, height: int, width: int) -> tuple[WarpedVRT, Window]:
+        """A WarpedVRT over one window whose source transform applies the local field's affine approximation over
+        that window (built per window, kept for a repeated read of the same window)."""
+        key = (row, col, height, width)
+        if self._local_vrt is not None and self._local_vrt[0] == key:
+            return self._local_vrt[1], Window(0, 0, width, height)
+        if self._local_vrt is not None:
+            self._local_vrt[1].close()
+            self._local_vrt = None
+        to_ref = ~self.pair.grid.transform * self.grid.transform  # this grid's pixels -> reference-grid pixels
+        c0, r0 = to_ref * (col, row)
+        c1, r1 = to_ref * (col + width, row + height)
+        pm = self.coreg.window_affine(r0, c0, r1 - r0, c1 - c0)
+        wgrid = Grid(self.grid.crs, self.grid.window_transform(row, col), width, height)
+        kw = _vrt_kwargs(self._src_b, wgrid, self.resampling)
+        kw["src_transform"] = self._shifted_src_transform(pm)
+        vrt = WarpedVRT(self._src_b, **kw)
+        self._local_vrt = (key, vrt)
+        return vrt, Window(0, 0, width, height)
 
     @staticmethod
     def _read(ds, bands, window, role: str, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -195,13 +279,22 @@ class PairReader:
             a, va = self._read(self._src_a, bands, Window(c0 + col, r0 + row, width, height), "before", self.pair.before)
         else:
             a, va = self._read(self._vrt_a, bands, Window(col, row, width, height), "before", self.pair.before)
-        b, vb = self._read(self._vrt_b, bands, Window(col, row, width, height), "after", self.pair.after)
+        if self._vrt_b is None:
+            vrt_b, win_b = self._local_after(row, col, height, width)
+        else:
+            vrt_b, win_b = self._vrt_b, Window(col, row, width, height)
+        b, vb = self._read(vrt_b, bands, win_b, "after", self.pair.after)
         valid = va & vb
         a[:, ~valid] = 0.0
         b[:, ~valid] = 0.0
+        if self.radiometry is not None:
+            self.radiometry.apply(a, b, valid)
         return a, b, valid
 
     def close(self) -> None:
+        if self._local_vrt is not None:
+            self._local_vrt[1].close()
+            self._local_vrt = None
         for ds in (self._vrt_a, self._vrt_b, self._src_a, self._src_b):
             if ds is not None:
                 ds.close()
@@ -305,8 +398,10 @@ def align_pair(
     bands: list[int] | None = None,
     aoi: str | None = None,
     model_name: str = "the model",
+    gsd: str | float = "native",
 ) -> AlignedPair:
-    """Check both inputs and describe them on the before image's grid.
+    """Check both inputs and describe them on the before image's grid (or on a grid with the same origin and
+    ``gsd`` pixels, see :func:`resolve_gsd`; both dates are then resampled in their warp).
 
     Raises:
         InputError: Missing/corrupt file, no CRS, band-count mismatch, no overlap, or an AOI outside the scene.
@@ -350,6 +445,21 @@ def align_pair(
             msg = f"after pixel size ≈{b_res:.3g} vs before {grid.res[0]:.3g} (ratio {ratio:.2f} > {GSD_RATIO_WARN}): after is resampled onto the before grid"
             logger.warning(msg)
             notes.append(msg)
+        input_res = grid.res[0]
+        target = resolve_gsd(gsd, input_res, spec.gsd)
+        resampling = "bilinear"
+        if target is not None and abs(target - input_res) > 1e-6 * input_res:
+            t = grid.transform
+            width = max(1, math.ceil(grid.width * abs(t.a) / target - 1e-6))
+            height = max(1, math.ceil(grid.height * abs(t.e) / target - 1e-6))
+            grid = Grid(grid.crs, Affine(target, 0.0, t.c, 0.0, -target, t.f), width, height)
+            warp_before = True
+            resampling = "average" if target > GSD_RESAMPLE_RATIO * input_res else "bilinear"
+            msg = f"mapping at {target:.4g} m pixels (input {input_res:.4g} m, --gsd {gsd}): both dates resampled ({resampling}) in their warp"
+            logger.info(msg)
+            notes.append(msg)
+        elif gsd == "model" and spec.gsd is None:
+            notes.append("the model records no training GSD: mapping at the input's pixel size")
         if spec.gsd and not (0.5 <= grid.res[0] / spec.gsd <= 2.0):
             msg = f"pixel size {grid.res[0]:.3g} m is far from the model's training GSD {spec.gsd:.3g} m"
             logger.warning(msg)
@@ -383,4 +493,6 @@ def align_pair(
             after_date=acquisition_date(src_b),
             aoi_wkb=aoi_wkb,
             notes=tuple(notes),
+            resampling=resampling,
+            input_res=float(input_res),
         )

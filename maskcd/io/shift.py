@@ -23,7 +23,8 @@ class ShiftEstimate:
         dy: Rows (positive: after content lies further down / south).
         dx: Columns (positive: after content lies further right / east).
         n_windows: Windows that contributed.
-        peak: Median normalised correlation peak height (1 = perfect match, ~0 = no match).
+        peak: Median peak significance of the windows (standard deviations of the correlation surface; < 10: no
+            reliable match).
     """
 
     dy: float
@@ -67,45 +68,26 @@ def phase_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
     return float(dy), float(dx), float(corr[py, px])
 
 
-def estimate_shift(pair: AlignedPair, *, size: int = 256, max_windows: int = 6, grid_n: int = 4) -> ShiftEstimate:
-    """Estimate the global shift on up to ``max_windows`` textured ``size²`` windows with ≥ 90 % valid data, taken
-    from a ``grid_n × grid_n`` spread of candidate positions over the scene; the median over windows is returned.
+def estimate_shift(pair: AlignedPair, *, size: int = 256, max_windows: int = 9, grid_n: int = 5) -> ShiftEstimate:
+    """Estimate the global shift with :func:`maskcd.io.coreg.estimate_global` (textured windows, upsampled phase
+    correlation, Lucas–Kanade refinement, agreement between windows) and return it as a :class:`ShiftEstimate`
+    (``peak`` = median peak significance of the windows).
 
-    A shift above one pixel is logged as a warning: misregistration creates false change along edges.
+    Only a *reliable* shift above one pixel is logged as a warning (an unreliable estimate, e.g. on unrelated images,
+    is not misregistration).
     """
-    g = pair.grid
-    size = int(min(size, g.height, g.width))
-    if size < 16:
-        return ShiftEstimate(0.0, 0.0, 0, 0.0)
-    rows = np.unique(np.linspace(0, g.height - size, num=max(1, min(grid_n, g.height // size)), dtype=int))
-    cols = np.unique(np.linspace(0, g.width - size, num=max(1, min(grid_n, g.width // size)), dtype=int))
-    # centre-out order, so that a few windows already represent the scene
-    cands = sorted(((r, c) for r in rows for c in cols),
-                   key=lambda rc: (rc[0] + size / 2 - g.height / 2) ** 2 + (rc[1] + size / 2 - g.width / 2) ** 2)
-    shifts = []
-    with pair.reader() as rd:
-        for r, c in cands:
-            if len(shifts) >= max_windows:
-                break
-            a, b, valid = rd.read(int(r), int(c), size, size)
-            if valid.mean() < 0.9:
-                continue
-            ga, gb = a.mean(axis=0), b.mean(axis=0)
-            if ga[valid].std() < 1e-6 or gb[valid].std() < 1e-6:
-                continue
-            ga[~valid] = ga[valid].mean()
-            gb[~valid] = gb[valid].mean()
-            shifts.append(phase_correlation(ga, gb))
-    if not shifts:
-        logger.info("shift estimate: no textured window with ≥90%% valid data")
-        return ShiftEstimate(0.0, 0.0, 0, 0.0)
-    arr = np.array(shifts)
-    est = ShiftEstimate(float(np.median(arr[:, 0])), float(np.median(arr[:, 1])), len(shifts), float(np.median(arr[:, 2])))
-    level = logging.WARNING if est.magnitude > WARN_PX else logging.INFO
+    from maskcd.io.coreg import MIN_RELIABILITY, estimate_global
+
+    co = estimate_global(pair, size=size, n_candidates=grid_n, max_windows=max_windows)
+    zs = sorted(tp.z for tp in co.tie_points)
+    est = ShiftEstimate(co.dy, co.dx, co.n_tie_points, float(zs[len(zs) // 2]) if zs else 0.0)
+    reliable = (co.reliability or 0.0) >= MIN_RELIABILITY
+    level = logging.WARNING if reliable and est.magnitude > WARN_PX else logging.INFO
     logger.log(
         level,
-        "global shift after vs before: dy=%.2f dx=%.2f px (%d windows, peak %.2f)%s",
-        est.dy, est.dx, est.n_windows, est.peak,
-        "; above 1 px: misregistration causes false change along edges, co-register the images" if level == logging.WARNING else "",
+        "global shift after vs before: dy=%.2f dx=%.2f px (%d windows, reliability %.2f)%s",
+        est.dy, est.dx, est.n_windows, co.reliability or 0.0,
+        "; above 1 px: misregistration causes false change along edges, co-register the images "
+        "(maskcd-map --coregister global)" if level == logging.WARNING else "",
     )
     return est

@@ -336,7 +336,9 @@ def test_geopackage_catalog_aoi_restricts_the_site(scenes, tmp_path, cluster2, t
     assert result.ok, result.failed
     with rasterio.open(out / "west" / "change_mask.tif") as src:
         mask = src.read(1)
-    assert (mask[:, 50:] == 255).all() and (mask[:, :46] != 255).all()  # nodata east of the AOI (±1 px reprojection)
+    # nodata east of the AOI (±1 px reprojection); the first/last row may be nodata where the co-registered
+    # (sub-pixel shifted) after image does not reach
+    assert (mask[:, 50:] == 255).all() and (mask[1:-1, :46] != 255).all()
     gdf = pyogrio.read_dataframe(out / "west" / "changes.gpkg", layer="changes")
     assert len(gdf) > 0 and gdf.geometry.within(half.buffer(1.5)).all()
     footprint = pyogrio.read_dataframe(out / "catalog.gpkg", layer="sites").geometry[0]
