@@ -245,4 +245,6 @@ def load_legacy_maskcd(folder: Path, **kwargs) -> MaskCDForChangeDetection:
 
 
 register_architecture("maskcd", MaskCDForChangeDetection, build_maskcd_config)
-register_legacy_loader("MaskCD (transformers 4.35 Mask2Former)", _is_legacy_maskcd, load_legacy_maskcd)
+register_legacy_loader(
+    "MaskCD (transformers 4.35 Mask2Former)", _is_legacy_maskcd, load_legacy_maskcd, format="legacy-maskcd"
+)

@@ -455,4 +455,7 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
 
 
 register_architecture("minenetcd", MineNetCDForChangeDetection, build_minenetcd_config)
-register_legacy_loader("MineNetCD (transformers 4.3x UperNet + ChangeFFT)", _is_legacy_minenetcd, load_legacy_minenetcd)
+register_legacy_loader(
+    "MineNetCD (transformers 4.3x UperNet + ChangeFFT)", _is_legacy_minenetcd, load_legacy_minenetcd,
+    format="legacy-minenetcd",
+)
