@@ -16,6 +16,7 @@
 Architectures are found lazily, as transformers' auto classes do: :data:`ARCHITECTURE_MODULES` maps each name to the
 module that registers it on import, so building or loading one model imports only that model's module, and
 :func:`list_models` reads the preset YAML files without importing any model module.
+A new model module registers itself with :func:`register_architecture` and adds its line to the table.
 """
 
 from __future__ import annotations
