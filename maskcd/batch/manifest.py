@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from maskcd.errors import InputError
+from maskcd.models.reference import sha256_file  # noqa: F401  (part of this module's interface)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -28,15 +29,6 @@ MANIFEST_VERSION = 1
 #: MapOptions keys that do not change the mapped result, left out of the manifest key: where and how fast it runs,
 #: and per-run output placement (the batch runner decides output names itself).
 NON_RESULT_KEYS = frozenset({"device", "batch_size", "workers", "overwrite", "prob_out", "mask_out", "aoi"})
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file's bytes, read in ``chunk``-byte blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_fingerprint(path: str | Path, *, with_hash: bool = True) -> dict:
@@ -55,54 +47,38 @@ def file_fingerprint(path: str | Path, *, with_hash: bool = True) -> dict:
 
 
 def model_fingerprint(model: str) -> dict:
-    """Identify the weights a model reference resolves to.
+    """Identify the weights a model reference resolves to (:func:`maskcd.models.reference.resolve_model`).
 
     Args:
-        model: Preset name, model folder or Hub id (as given to ``--model``).
+        model: Preset name, task alias, model folder or Hub id (as given to ``--model``).
 
     Returns:
         ``{"id": model, "kind": ..., "sha256": ...}``. For a folder the hash covers ``config.json`` and every weight
         file; for a preset it covers the preset YAML (presets are random weights, which the batch runner seeds
-        identically on every worker); for a Hub id it covers the snapshot, fetched here once (or found in the cache).
+        identically on every worker); for a Hub id or an alias it covers the snapshot, fetched here once (or found in
+        the cache), so that the workers find it in the cache instead of each downloading it.
 
     Raises:
         InputError: The reference is none of these, or a Hub id that can be neither found in the cache nor fetched.
     """
-    from maskcd.models import list_models
-    from maskcd.models.registry import config_dir
+    from maskcd.models.reference import is_hub_id, resolve_model
+    from maskcd.models.registry import ModelNotFoundError, list_models, task_aliases
 
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return {"id": model, "kind": "folder", "sha256": _hash_folder(folder)}
-    if model in list_models():
-        yaml_path = config_dir() / "models" / f"{model}.yaml"
-        return {"id": model, "kind": "preset", "sha256": sha256_file(yaml_path)}
-    parts = model.split("/")
-    if len(parts) != 2 or not all(parts) or model.startswith((".", "/", "~")):
+    try:
+        ref = resolve_model(model)
+    except ModelNotFoundError as err:
+        hub_id = task_aliases()[model].hub_id if model in task_aliases() else model
+        if is_hub_id(hub_id) and err.__cause__ is not None:  # offline and not cached, no such repository, ...
+            raise InputError(
+                f"model {model!r} cannot be fetched from the Hugging Face cache or Hub "
+                f"({type(err.__cause__).__name__}); pass a local model folder, or download it once with "
+                f"`hf download {hub_id} --local-dir DIR`"
+            ) from err
         raise InputError(
-            f"model {model!r} is neither a preset ({', '.join(list_models())}), an existing folder, nor a Hub id "
-            f"(owner/name); pass one of those to --model"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:  # once here, so the workers find it in the cache instead of each downloading it
-        snap = Path(snapshot_download(model, allow_patterns=["config.json", "*.safetensors", "*.bin", "*.json"]))
-    except Exception as err:  # offline and not cached, no such repository, ...
-        raise InputError(
-            f"model {model!r} cannot be fetched from the Hugging Face cache or Hub ({type(err).__name__}); pass a "
-            f"local model folder, or download it once with `hf download {model} --local-dir DIR`"
+            f"model {model!r} is neither a preset ({', '.join(list_models())}), a task alias, an existing folder, "
+            f"nor a Hub id (owner/name); pass one of those to --model"
         ) from err
-    return {"id": model, "kind": "hub", "sha256": _hash_folder(snap)}
-
-
-def _hash_folder(folder: Path) -> str:
-    digest = hashlib.sha256()
-    patterns = ("config.json", "*.safetensors", "*.bin", "*.pt", "*.pth")
-    files = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
-    for p in files:
-        digest.update(p.name.encode())
-        digest.update(sha256_file(p).encode())
-    return digest.hexdigest()
+    return {"id": model, "kind": ref.kind, "sha256": ref.sha256}
 
 
 def _canonical(value):

@@ -1,4 +1,5 @@
-"""Patch datasets: the published Hugging Face ``DatasetDict`` format (``models.md`` §2.2).
+"""Patch datasets: the Hugging Face ``DatasetDict`` format the MaskCD authors publish
+their datasets in (github.com/EricYu97/MaskCD).
 
 Splits ``train``/``val``/``test``; columns ``imageA`` (before), ``imageB`` (after) and ``label`` (single-channel, 0 = no
 change, 255 = change), all ``datasets.Image``. :func:`load_patch_dataset` opens a ``save_to_disk`` folder or a Hub id;

@@ -12,8 +12,8 @@ Catalog (YAML or JSON; relative paths are relative to the catalog file)::
         split: train               # optional; else assigned by maskcd-dataset / the caller
 
 Each date is its own TorchGeo ``RasterDataset`` (one dataset holding both files would mosaic them). The after date and
-the label are put on the before grid by giving them the before dataset's CRS and resolution (``pipeline.md`` §4.9:
-``IntersectionDataset`` cannot be sampled in torchgeo 0.8.1); samplers run on the before dataset with ``roi`` = the
+the label are put on the before grid by giving them the before dataset's CRS and resolution (torchgeo
+0.8.1's ``IntersectionDataset`` cannot be sampled); samplers run on the before dataset with ``roi`` = the
 site's valid region (intersection of the three footprints and the AOI) and every dataset is queried with the same
 GeoSlice. Training draws chips with ``RandomGeoSampler`` (or ``RandomBatchGeoSampler``); validation/tiling uses
 ``GridGeoSampler``.

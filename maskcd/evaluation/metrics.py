@@ -1,6 +1,7 @@
 """Change-class metrics accumulated as counts, so that they can be summed over batches *and* processes.
 
-Pixel level (``models.md`` §2.5, change = positive class): from TP/FP/FN/TN summed over the whole split,
+Pixel level (as reported for MaskCD and MineNetCD, Yu et al., IEEE TGRS 2024, and by github.com/EricYu97/UCD;
+change = positive class): from TP/FP/FN/TN summed over the whole split,
 ``OA = (TP+TN)/N``, ``precision = TP/(TP+FP)``, ``recall = TP/(TP+FN)``, ``F1 = 2TP/(2TP+FP+FN)``,
 ``IoU = TP/(TP+FP+FN)`` and Cohen's ``kappa = (OA - pe)/(1 - pe)`` with
 ``pe = ((TP+FP)(TP+FN) + (FN+TN)(FP+TN)) / N²``. An undefined ratio (0/0) is reported as 0.

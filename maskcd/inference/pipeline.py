@@ -75,22 +75,23 @@ _HASHES: dict[int, str] = {}
 
 
 def model_hash(model) -> str:
-    """Short sha256 of the model's weights file when it has one, else of its parameters (cached per model object)."""
+    """First 16 hex digits of the model's weights hash (cached per model object).
+
+    For a model loaded from a folder, a Hub id or an alias, that is the hash of its resolved reference
+    (:attr:`maskcd.models.reference.ModelRef.sha256`, the one the batch manifest records); for a preset (random
+    weights) or a model built by the caller, the hash of its parameters.
+    """
     key = id(model)
     if key in _HASHES:
         return _HASHES[key]
+    ref = getattr(model, "maskcd_ref", None)
+    if ref is not None and ref.kind != "preset":
+        _HASHES[key] = ref.sha256[:16]
+        return _HASHES[key]
     h = hashlib.sha256()
-    folder = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-    files = [folder / n for n in ("model.safetensors", "pytorch_model.bin")] if folder.is_dir() else []
-    files = [f for f in files if f.is_file()]
-    if files:
-        with open(files[0], "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    else:
-        for name, t in sorted(model.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().float().cpu().numpy().tobytes())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
     _HASHES[key] = h.hexdigest()[:16]
     return _HASHES[key]
 

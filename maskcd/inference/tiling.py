@@ -2,8 +2,8 @@
 
 TorchGeo's :class:`~torchgeo.samplers.GridGeoSampler` generates the grid, run on the scene's *pixel* space (a one-row
 index ``box(0, 0, W, H)`` with unit resolution), so its GeoSlices are integer pixel offsets and no float drift of
-``ymin + i·stride·res`` can creep in. It is wrapped to fix what TorchGeo 0.8 leaves to the caller (see
-``design/pipeline.md`` §4.1):
+``ymin + i·stride·res`` can creep in. It is wrapped to fix what TorchGeo 0.8 leaves to the caller
+(``torchgeo.samplers.utils.tile_to_chips``):
 
 * its last chip of each row/column **overhangs** the scene (``tile_to_chips`` = ceil((L-k)/s)+1): it is shifted back
   inside (open-cd/mmseg style), so no synthetic pixels reach the model;

@@ -9,7 +9,7 @@ The module keeps the attribute names of the published checkpoints (``model.pixel
 ``model.transformer_module``, ``class_predictor``), so ``from_pretrained`` loads the transformers-4.35 checkpoints
 ``ericyu/MaskCD_*`` directly; transformers 5 renames the legacy Swin keys itself.
 
-Deviations from the released scripts (``../shared/design/models.md`` §6): labels give ``n`` targets for ``n`` pairs
+Deviations from the released scripts (github.com/EricYu97/MaskCD): labels give ``n`` targets for ``n`` pairs
 (the released ``train.py`` passes ``2n`` after step 1, halving mask and dice losses); the change map is upsampled to
 the input size instead of a hard-coded 256²; new models use 2 labels (+ no-object) while published checkpoints keep
 their stored 150-label head. Transformers 5's matcher replaces NaN/inf costs by the dtype maximum where MaskCD
@@ -245,4 +245,6 @@ def load_legacy_maskcd(folder: Path, **kwargs) -> MaskCDForChangeDetection:
 
 
 register_architecture("maskcd", MaskCDForChangeDetection, build_maskcd_config)
-register_legacy_loader("MaskCD (transformers 4.35 Mask2Former)", _is_legacy_maskcd, load_legacy_maskcd)
+register_legacy_loader(
+    "MaskCD (transformers 4.35 Mask2Former)", _is_legacy_maskcd, load_legacy_maskcd, format="legacy-maskcd"
+)

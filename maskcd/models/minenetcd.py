@@ -17,7 +17,7 @@ Attribute names follow the published checkpoints (``backbone``, ``decode_head``,
 ``channel_mixing.{i}``, ``norm.{i}``) so their ``pytorch_model.bin`` loads through ``from_pretrained``; transformers 5
 renames the legacy Swin keys itself (its ``SwinBackbone`` conversion mapping).
 
-Deviations (``../shared/design/models.md`` §6): the backbone type is honoured (UCD hard-codes Swin-T, #11); ResNet
+Deviations from the released code (github.com/EricYu97/MineNetCD, github.com/EricYu97/UCD): the backbone type is honoured (UCD hard-codes Swin-T, #11); ResNet
 backbones are built from the ``microsoft/resnet-*`` architectures with random weights (nothing is downloaded); a
 legacy checkpoint's Swin shapes are read from its weights, so the likely mislabelled "Swin-Diff-T" checkpoint that
 holds a Swin-B loads as the Swin-B it is, with a warning (#13); transformers 5's ``SwinBackbone`` carries the Swin
@@ -25,7 +25,7 @@ classifier's final LayerNorm, which never reaches the feature maps and is absent
 replaced by an identity (no dead parameters). The concatenation variants of the released code are not implemented;
 loading them fails with a clear message.
 
-VMamba backbones (``VSSM_{T,S,B}_ST_Diff``, :mod:`maskcd.models.vmamba`, ``../shared/design/zoo2.md`` §8) run in plain
+VMamba backbones (``VSSM_{T,S,B}_ST_Diff``, :mod:`maskcd.models.vmamba`; Liu et al., NeurIPS 2024) run in plain
 PyTorch with our parallel selective scan (no Triton, no compiled CUDA extension). As published, their ChangeFFT path
 applies each block **once**: ``F̂ = F + DropPath(EinFFT_i(LN_i(F)))``. Their published checkpoints load strictly: a
 missing or unexpected key is an error (the original code's VMamba loader fell back silently to random weights).
@@ -439,4 +439,7 @@ def load_legacy_minenetcd(folder: Path, **kwargs) -> MineNetCDForChangeDetection
 
 
 register_architecture("minenetcd", MineNetCDForChangeDetection, build_minenetcd_config)
-register_legacy_loader("MineNetCD (transformers 4.3x UperNet + ChangeFFT)", _is_legacy_minenetcd, load_legacy_minenetcd)
+register_legacy_loader(
+    "MineNetCD (transformers 4.3x UperNet + ChangeFFT)", _is_legacy_minenetcd, load_legacy_minenetcd,
+    format="legacy-minenetcd",
+)

@@ -10,11 +10,18 @@
 * A **task alias** (``maskcd/configs/aliases.yaml``: ``mining``, ``buildings``, ``landslides``, ``cropland``,
   ``urban``) names the best published checkpoint (a Hub id) for that job; :func:`task_aliases` lists them.
 * :func:`load_model` accepts a preset name, a task alias, a folder saved by maskcd, a folder in a published legacy
-  format (detected by registered *legacy loaders*) or a Hub id.
+  format (detected by registered *legacy loaders*) or a Hub id; :func:`maskcd.models.reference.resolve_model` is the
+  one place that works out what such a reference names.
+
+Architectures are found lazily, as transformers' auto classes do: :data:`ARCHITECTURE_MODULES` maps each name to the
+module that registers it on import, so building or loading one model imports only that model's module, and
+:func:`list_models` reads the preset YAML files without importing any model module.
+A new model module registers itself with :func:`register_architecture` and adds its line to the table.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable
@@ -60,9 +67,61 @@ class Architecture:
     build_config: Callable[..., object]
 
 
+#: Architecture name -> the module that registers it (with :func:`register_architecture`) when imported.
+ARCHITECTURE_MODULES: dict[str, str] = {
+    "maskcd": "maskcd.models.maskcd",
+    "minenetcd": "maskcd.models.minenetcd",
+    "fc-ef": "maskcd.models.zoo.fc_ef",
+    "siamunet-conc": "maskcd.models.zoo.siamunet_conc",
+    "siamunet-diff": "maskcd.models.zoo.siamunet_diff",
+    "snunet": "maskcd.models.zoo.snunet",
+    "bit": "maskcd.models.zoo.bit",
+    "changeformer": "maskcd.models.zoo.changeformer",
+    "a2net": "maskcd.models.zoo.a2net",
+    "tinycd": "maskcd.models.zoo.tinycd",
+    "dminet": "maskcd.models.zoo.dminet",
+    "mspsnet": "maskcd.models.zoo.mspsnet",
+    "resunet": "maskcd.models.zoo.resunet",
+    "cgnet": "maskcd.models.zoo.cgnet",
+    "hcgmnet": "maskcd.models.zoo.hcgmnet",
+    "rdpnet": "maskcd.models.zoo.rdpnet",
+    "fcnpp": "maskcd.models.zoo.fcnpp",
+    "dtcdscn": "maskcd.models.zoo.dtcdscn",
+    "tfi-gr": "maskcd.models.zoo.tfi_gr",
+    "afcf3d": "maskcd.models.zoo.afcf3d",
+    "icifnet": "maskcd.models.zoo.icifnet",
+    "ussfcnet": "maskcd.models.zoo.ussfcnet",
+    "dsamnet": "maskcd.models.zoo.dsamnet",
+    "dsifn": "maskcd.models.zoo.dsifn",
+    "aernet": "maskcd.models.zoo.aernet",
+    "hanet": "maskcd.models.zoo.hanet",
+    "swinsunet": "maskcd.models.zoo.swinsunet",
+}
+#: Modules that register a loader for a published checkpoint layout (:func:`register_legacy_loader`), in the order
+#: their loaders are tried.
+LEGACY_LOADER_MODULES: tuple[str, ...] = ("maskcd.models.maskcd", "maskcd.models.minenetcd", "maskcd.models.ucd")
+
+
+@dataclass(frozen=True)
+class LegacyLoader:
+    """A loader for a published checkpoint layout that maskcd did not write itself.
+
+    Args:
+        name: Human-readable name of the layout, used in messages.
+        matches: Predicate on the folder's ``config.json`` dict.
+        loader: ``loader(folder, **kwargs) -> model``.
+        format: Short format name recorded in :class:`maskcd.models.reference.ModelRef` (``legacy-maskcd`` ...).
+    """
+
+    name: str
+    matches: Callable[[dict], bool]
+    loader: Callable[..., object]
+    format: str
+
+
 _ARCHITECTURES: dict[str, Architecture] = {}
-# (predicate on a config.json dict, loader(folder) -> model), tried in order for folders without maskcd_architecture
-_LEGACY_LOADERS: list[tuple[str, Callable[[dict], bool], Callable[[Path], object]]] = []
+# tried in order for folders without maskcd_architecture
+_LEGACY_LOADERS: list[LegacyLoader] = []
 
 
 def register_architecture(name: str, model_cls: type, build_config: Callable[..., object]) -> None:
@@ -70,19 +129,39 @@ def register_architecture(name: str, model_cls: type, build_config: Callable[...
     model_cls.maskcd_architecture = name
 
 
-def register_legacy_loader(name: str, matches: Callable[[dict], bool], loader: Callable[[Path], object]) -> None:
+def register_legacy_loader(
+    name: str, matches: Callable[[dict], bool], loader: Callable[[Path], object], format: str = "legacy"
+) -> None:
     """Register a loader for a published checkpoint layout that maskcd did not write itself."""
-    _LEGACY_LOADERS.append((name, matches, loader))
+    if any(entry.name == name for entry in _LEGACY_LOADERS):
+        return
+    _LEGACY_LOADERS.append(LegacyLoader(name, matches, loader, format))
 
 
-def _ensure_registered() -> None:
-    # importing the model modules registers them
-    from maskcd.models import _all  # noqa: F401
+def architecture(name: str) -> Architecture | None:
+    """The architecture registered as ``name``, importing only the module that registers it; None when unknown."""
+    if name not in _ARCHITECTURES and name in ARCHITECTURE_MODULES:
+        importlib.import_module(ARCHITECTURE_MODULES[name])
+    return _ARCHITECTURES.get(name)
+
+
+def known_architectures() -> list[str]:
+    """Names of every architecture, registered or registrable, without importing any model module."""
+    return sorted({*ARCHITECTURE_MODULES, *_ARCHITECTURES})
 
 
 def architectures() -> dict[str, Architecture]:
-    _ensure_registered()
+    """Every architecture (imports every model module of :data:`ARCHITECTURE_MODULES`)."""
+    for module in ARCHITECTURE_MODULES.values():
+        importlib.import_module(module)
     return dict(_ARCHITECTURES)
+
+
+def legacy_loaders() -> list[LegacyLoader]:
+    """Every registered legacy loader, in the order they are tried (imports :data:`LEGACY_LOADER_MODULES`)."""
+    for module in LEGACY_LOADER_MODULES:
+        importlib.import_module(module)
+    return list(_LEGACY_LOADERS)
 
 
 @lru_cache(maxsize=None)
@@ -120,10 +199,11 @@ def build_model(name: str, **overrides):
             :class:`~maskcd.errors.ConfigError` listing the valid ones.
     """
     info = preset_info(name)
-    archs = architectures()
-    arch = archs.get(info["architecture"])
+    arch = architecture(info["architecture"])
     if arch is None:
-        raise ConfigError(f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {sorted(archs)}")
+        raise ConfigError(
+            f"preset {name!r} names unknown architecture {info['architecture']!r}; known: {known_architectures()}"
+        )
     config = arch.build_config(**{**(info.get("config") or {}), **overrides})
     config.maskcd_architecture = arch.name
     config.maskcd_preset = name
@@ -154,29 +234,6 @@ def task_aliases() -> dict[str, TaskAlias]:
     return {a.name: a for a in _read_aliases(str(path))}
 
 
-def _is_hub_id(text: str) -> bool:
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not text.startswith((".", "/", "~"))
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id, allow_patterns=["config.json", "*.safetensors", "*.bin", "*.json", "*.yaml"]
-            )
-        )
-    except LocalEntryNotFoundError as err:
-        raise ModelNotFoundError(
-            f"model {repo_id!r} is not in the local Hugging Face cache and the Hub cannot be reached "
-            f"(offline or HF_HUB_OFFLINE=1): pass a local folder with its config.json and weights instead "
-            f"(fetch it once on a connected machine with `hf download {repo_id} --local-dir DIR`)"
-        ) from err
-    except RepositoryNotFoundError as err:
-        raise ModelNotFoundError(f"no Hub repository {repo_id!r}; pass a preset, a local folder or a valid id") from err
 
 
 def own_storage(model):
@@ -209,47 +266,42 @@ def load_model(name_or_path: str | os.PathLike, **kwargs):
     ``config.json`` or weights file raises :class:`~maskcd.errors.CheckpointError` (see
     :mod:`maskcd.models.weights_io`, which legacy loaders use to read their files). Loaded weights are copied into
     fresh allocator-owned storage (:func:`own_storage`), so that outputs do not depend on where the file mapping put
-    them.
+    them. The returned model carries the resolved reference
+    (:class:`maskcd.models.reference.ModelRef`) as ``model.maskcd_ref``.
     """
-    return own_storage(_load_model(name_or_path, **kwargs))
+    from maskcd.models.reference import resolve_model
+
+    ref = resolve_model(name_or_path)
+    model = own_storage(_load_model(ref, **kwargs))
+    model.maskcd_ref = ref  # what it was loaded from: the run metadata records ref.sha256
+    return model
 
 
-def _load_model(name_or_path: str | os.PathLike, **kwargs):
-    _ensure_registered()
-    text = str(name_or_path)
-    if text in _presets():
-        return build_model(text, **kwargs)
-    alias = task_aliases().get(text)
-    if alias is not None and not Path(text).exists():
-        logger.info("task alias %r -> %s", text, alias.hub_id)
-        text = alias.hub_id
-    folder = Path(text).expanduser()
-    if not folder.exists():
-        if not _is_hub_id(text):
-            raise ModelNotFoundError(
-                f"model {text!r} is neither a preset ({', '.join(list_models())}), a task alias "
-                f"({', '.join(task_aliases())}), an existing folder, nor a Hub id (owner/name)"
-            )
-        folder = _download(text)
+def _load_model(ref, **kwargs):
+    if ref.kind == "preset":
+        return build_model(ref.id, **kwargs)
+    folder = ref.path
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"{folder} is not a model folder: it needs a config.json next to the weights")
     cfg = read_config(folder)
     arch_name = cfg.get("maskcd_architecture")
     if arch_name:
-        arch = _ARCHITECTURES.get(arch_name)
+        arch = architecture(arch_name)
         if arch is None:
-            raise ModelNotFoundError(f"{folder}: unknown maskcd_architecture {arch_name!r}; known: {sorted(_ARCHITECTURES)}")
+            raise ModelNotFoundError(
+                f"{folder}: unknown maskcd_architecture {arch_name!r}; known: {known_architectures()}"
+            )
         require_weights(folder)  # a missing weights file is one line, not transformers' OSError
         with checkpoint_errors(folder):
             return arch.model_cls.from_pretrained(folder, **kwargs)
-    for name, matches, loader in _LEGACY_LOADERS:
-        if matches(cfg):
-            logger.info("loading %s as a published %s checkpoint", folder, name)
+    for entry in legacy_loaders():
+        if entry.matches(cfg):
+            logger.info("loading %s as a published %s checkpoint", folder, entry.name)
             with checkpoint_errors(folder):
-                return loader(folder, **kwargs)
+                return entry.loader(folder, **kwargs)
     raise ModelNotFoundError(
         f"{folder}/config.json is neither a maskcd checkpoint nor a known published format "
-        f"({', '.join(n for n, _, _ in _LEGACY_LOADERS)})"
+        f"({', '.join(entry.name for entry in legacy_loaders())})"
     )
 
 

@@ -436,4 +436,6 @@ def ucd_change_map(main_predictions: torch.Tensor) -> torch.Tensor:
     return main_predictions.softmax(dim=1).argmax(dim=1)
 
 
-register_legacy_loader("UCD (Change_Detection_Framework, HZDR-FWGEL/UCD-*)", is_ucd_config, load_ucd_checkpoint)
+register_legacy_loader(
+    "UCD (Change_Detection_Framework, HZDR-FWGEL/UCD-*)", is_ucd_config, load_ucd_checkpoint, format="ucd"
+)

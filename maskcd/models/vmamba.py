@@ -1,6 +1,7 @@
 """VMamba v2 backbone (``Backbone_VSSM_ST``, forward type ``v05_noz``) as MineNetCD uses it, in plain PyTorch.
 
-Structure (``../shared/design/zoo2.md`` §8; Liu et al., "VMamba: Visual State Space Model", VMamba release v2):
+Structure (Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024; github.com/MzeroMiko/VMamba release v2, as
+vendored by github.com/EricYu97/MineNetCD):
 
 * ``patch_embed`` (stride 4): Conv 3×3/2 (→ dim/2) + LayerNorm + GELU + Conv 3×3/2 (→ dim) + LayerNorm;
 * four stages of VSS blocks (:class:`VisualStateSpaceBlock`), ``x += DropPath(SS2D(LN(x)))``,

@@ -1,4 +1,4 @@
-"""Training loop on ``accelerate``: the published MaskCD recipe (``models.md`` §2.1) with its bugs fixed.
+"""Training loop on ``accelerate``: the published MaskCD recipe (github.com/EricYu97/MaskCD) with its bugs fixed.
 
 * Adam/AdamW, learning rate per process batch; **per-epoch** cosine schedule (``eta_min`` = ``min_lr``) after a
   linear warm-up of ``warmup_epochs`` (the published scripts step a ``T_max=100`` cosine every *iteration*).

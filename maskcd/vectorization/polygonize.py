@@ -14,8 +14,8 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
    dissolves each group with :func:`shapely.union_all`.
 3. Min area works like a sieve of change blobs: a 4-connected blob whose pixel area is below ``min_area_m2`` is
    dropped, decided on the *merged* pixel count, so a blob cut by chunk borders is judged whole. (GDAL's sieve would
-   also fill background holes below the threshold; holes are kept here, as pipeline.md §4.4 asks for size-limited hole
-   filling to be its own setting.) Interior blobs that are too small are dropped inside the task already.
+   also fill background holes below the threshold; holes are kept here: filling holes up to a size is a
+   setting of its own.) Interior blobs that are too small are dropped inside the task already.
 4. Geometries are canonicalised (collinear vertices left by the dissolve dropped, normalised), sorted north to south
    then west to east by their first pixel in raster order (unique per blob, independent of chunking) and numbered
    ``change_id = 1..N``; coverage-simplified (no overlaps between neighbours that touch at a corner; the same result

@@ -2,8 +2,8 @@
 
 QGIS's OGR provider looks up ``layer_styles`` rows with ``f_table_schema = ''``, ``f_table_name = <layer>`` and
 ``f_geometry_column = <geometry column>``, and applies the row with ``useAsDefault = 1`` when the layer is opened
-(pipeline.md §4.5, §4.9). The table schema here is the one QGIS itself creates
-(``QgsOgrProviderMetadata::saveStyle``).
+(QGIS's OGR provider, github.com/qgis/QGIS ``src/core/providers/ogr/qgsogrprovidermetadata.cpp``). The table
+schema here is the one QGIS itself creates (``QgsOgrProviderMetadata::saveStyle``).
 """
 
 from __future__ import annotations
