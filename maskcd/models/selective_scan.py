@@ -52,7 +52,9 @@ def _upper_ones(size: int, like: torch.Tensor) -> torch.Tensor:
     """The ``size × size`` upper-triangular matrix of ones: ``x @ U`` is the cumulative sum of ``x``'s rows."""
     key = (size, like.dtype, like.device)
     if key not in _TRIANGLES:
-        _TRIANGLES[key] = torch.ones(size, size, dtype=like.dtype, device=like.device).triu_()
+        # a normal tensor even when first asked for under torch.inference_mode: the cache outlives that context
+        with torch.inference_mode(False):
+            _TRIANGLES[key] = torch.ones(size, size, dtype=like.dtype, device=like.device).triu_()
     return _TRIANGLES[key]
 
 
@@ -248,9 +250,12 @@ def _work_buffers(numel: int, device: torch.device) -> torch.Tensor:
     """Scratch memory for :func:`_scan_d1_inference`, kept per thread on CPU (no page faults on every call)."""
     if device.type != "cpu":
         return torch.empty(numel, device=device)
-    buf = getattr(_SCRATCH, "buf", None)
+    # one buffer per mode: a tensor made under torch.inference_mode cannot be updated in place outside it
+    name = "inference_buf" if torch.is_inference_mode_enabled() else "buf"
+    buf = getattr(_SCRATCH, name, None)
     if buf is None or buf.numel() < numel:
-        buf = _SCRATCH.buf = torch.empty(numel)
+        buf = torch.empty(numel)
+        setattr(_SCRATCH, name, buf)
     return buf[:numel]
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from maskcd.errors import CheckpointError
 from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.minenetcd import ADE_MEAN, ADE_STD, MineNetCDForChangeDetection
 from maskcd.models.vmamba import VMambaBackbone, cross_merge, cross_scan
@@ -148,15 +149,15 @@ def _rewrite(folder: Path, dest: Path, edit) -> Path:
 def test_missing_or_extra_key_is_an_error_not_random_weights(reduced_folder, tmp_path):
     folder, _, _ = reduced_folder
     missing = _rewrite(folder, tmp_path / "missing", lambda s: s.pop("backbone.layers.0.blocks.0.op.Ds"))
-    with pytest.raises(ValueError, match=r"missing \['backbone.layers.0.blocks.0.op.Ds'\].*random weights"):
+    with pytest.raises(CheckpointError, match=r"missing \['backbone.layers.0.blocks.0.op.Ds'\].*random weights"):
         load_model(missing)
     head = {"backbone.classifier.head.weight": torch.zeros(2, 256)}
     extra = _rewrite(folder, tmp_path / "extra", lambda s: s.update(head))
-    with pytest.raises(ValueError, match=r"unexpected \['backbone.classifier.head.weight'\]"):
+    with pytest.raises(CheckpointError, match=r"unexpected \['backbone.classifier.head.weight'\]"):
         load_model(extra)
     short = {"backbone.layers.0.blocks.0.op.Ds": torch.ones(5)}
     wrong = _rewrite(folder, tmp_path / "wrong", lambda s: s.update(short))
-    with pytest.raises(ValueError, match="mismatched"):
+    with pytest.raises(CheckpointError, match="mismatched"):
         load_model(wrong)
 
 
@@ -165,7 +166,7 @@ def test_vssm_type_with_non_vmamba_weights_is_a_clear_error(reduced_folder, tmp_
     dest = _rewrite(
         folder, tmp_path / "noback", lambda s: [s.pop(k) for k in list(s) if k.startswith("backbone.layers.")]
     )
-    with pytest.raises(ValueError, match="no VMamba backbone"):
+    with pytest.raises(CheckpointError, match="no VMamba backbone"):
         load_model(dest)
 
 

@@ -171,3 +171,19 @@ def test_inference_path_handles_huge_steps_padding_and_growth():
         assert_scaled_close(
             selective_scan(**kw, delta_softplus=False, chunk_size=16), naive_scan(**kw, delta_softplus=False)
         )
+
+
+def test_caches_made_under_inference_mode_serve_later_calls_outside_it():
+    """The chunk-sum matrices and scratch buffers are cached across calls: ones first made under
+    ``torch.inference_mode`` (``maskcd-map``) must still work under ``no_grad`` and autograd (training, tests)."""
+    t = scan_inputs(5, 1, 2, 2, 1, 96)
+    expected = naive_scan(**t)
+    with torch.inference_mode():
+        assert_scaled_close(selective_scan(**t, chunk_size=16), expected)
+    with torch.no_grad():
+        assert_scaled_close(selective_scan(**t, chunk_size=16), expected)
+    u = t.pop("u").clone().requires_grad_(True)
+    out = selective_scan(u=u, **t, chunk_size=16)
+    out.sum().backward()
+    assert_scaled_close(out.detach(), expected)
+    assert u.grad is not None and torch.isfinite(u.grad).all()
