@@ -5,24 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from _oracles import shared_tool
 from maskcd.errors import CheckpointError, ConfigError
 from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.minenetcd import EinFFT, MineNetCDForChangeDetection
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these models are small, and on a shared 2-core machine extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TORCH_THREADS = 1  # small models: extra threads only spin on a shared 2-core machine
 
 
 REFERENCE = ("reference", "minenetcd_changefft_tiny_legacy")
@@ -113,8 +107,6 @@ def test_legacy_swin_shapes_follow_the_weights(shared_data, tmp_path, caplog):
     assert (out.logits - torch.from_numpy(ref["logits"])).abs().max().item() <= 1e-4
 
 
-ORACLE = Path(__file__).resolve().parents[3] / "shared" / "tools" / "minenetcd_oracle.py"
-
 
 def _published_resnet18_checkpoint(folder: Path):
     """A ResNet_Diff_18 checkpoint made by the ORIGINAL MineNetCD code and saved as it publishes checkpoints.
@@ -130,13 +122,7 @@ def _published_resnet18_checkpoint(folder: Path):
     Returns:
         ``(original model, oracle module)``.
     """
-    if not ORACLE.is_file():
-        pytest.skip(f"MineNetCD oracle {ORACLE} is absent (../shared/tools is not beside the checkout)")
-    sys.path.insert(0, str(ORACLE.parent))
-    try:
-        import minenetcd_oracle as oracle
-    finally:
-        sys.path.remove(str(ORACLE.parent))
+    oracle = shared_tool("minenetcd_oracle")
     from transformers import ResNetBackbone, ResNetConfig
 
     upernet = oracle.load_original_modules()["upernet"]

@@ -2,43 +2,29 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from _oracles import shared_tool
 from maskcd.errors import CheckpointError
 from maskcd.models import build_model, count_parameters, load_model
 from maskcd.models.minenetcd import ADE_MEAN, ADE_STD, MineNetCDForChangeDetection
 from maskcd.models.vmamba import VMambaBackbone, cross_merge, cross_scan
 
-ORACLE = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "minenetcd_oracle.py"
 REDUCED = dict(depths=[1, 1, 1, 1], dims=[32, 64, 128, 256], hidden_size=64)
 
 
 @pytest.fixture(scope="module")
 def oracle():
     """The MineNetCD oracle (original code, CPU substitutes for its kernels), or skip."""
-    if not ORACLE.is_file():
-        pytest.skip(f"MineNetCD oracle {ORACLE} is absent (../shared is not beside the checkout)")
-    if "minenetcd_oracle" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("minenetcd_oracle", ORACLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["minenetcd_oracle"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["minenetcd_oracle"]
+    return shared_tool("minenetcd_oracle")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TORCH_THREADS = 1  # small models: extra threads only spin on a shared 2-core machine
 
 
 def pair(size: int, seed: int = 0):

@@ -14,20 +14,17 @@ Skipped with the reason when ``../shared`` (the oracle and the original code) is
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from _oracles import shared_tool
 from maskcd.models import load_model
 from maskcd.models.ucd import UCD_PRESETS, UCDCheckpointError, ucd_change_map, ucd_main_predictions
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-ORACLE = SHARED / "tools" / "ucd_oracle.py"
 
 # Input sizes: the original accepts only 256 for these (fixed-size layers inside).
 SIZES: dict[str, tuple[int, ...]] = {"MSPSNet": (256,), "AERNet": (256,), "HANet": (256,), "SwinSUnet": (256,)}
@@ -42,26 +39,10 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def oracle():
-    if not ORACLE.is_file():
-        pytest.skip(f"the UCD oracle {ORACLE} is absent (../shared is not beside the checkout)")
-    if "ucd_oracle" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("ucd_oracle", ORACLE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ucd_oracle"] = module  # dataclasses look the module up while it executes
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules["ucd_oracle"]
-            raise
-    return sys.modules["ucd_oracle"]
+    return shared_tool("ucd_oracle")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
+TORCH_THREADS = 2
 
 
 def _pair(size: int, seed: int):

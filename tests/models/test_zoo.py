@@ -25,13 +25,7 @@ from maskcd.models.registry import preset_info
 
 from _checks import assert_same_outputs, assert_same_weights
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: these models are small, and on a shared 2-core machine extra threads only spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+TORCH_THREADS = 1  # small models: extra threads only spin on a shared 2-core machine
 
 
 MASKCD_TINY = dict(
