@@ -58,6 +58,8 @@ import torch
 import maskcd
 from maskcd.models import build_model, list_models, count_parameters
 from maskcd.models.registry import config_dir
+
+from tests.conftest import HANG_TIMEOUT_S
 names = list_models()
 t0 = time.perf_counter()
 params = {}
@@ -81,7 +83,7 @@ def unpacked_wheel(tmp_path_factory):
     dist = root / "dist"
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w",
-         str(dist), str(src)], capture_output=True, text=True, timeout=300,
+         str(dist), str(src)], capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wheels = list(dist.glob("maskcd-*.whl"))
@@ -92,14 +94,14 @@ def unpacked_wheel(tmp_path_factory):
     return site
 
 
-def _run_outside(site: Path, cwd: Path, args: list[str], timeout: int):
+def _run_outside(site: Path, cwd: Path, args: list[str], timeout: float):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MASKCD_CONFIG_DIR")}
     env.update(PYTHONPATH=str(site), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_wheel_ships_presets_and_builds_every_one(unpacked_wheel, tmp_path):
-    proc = _run_outside(unpacked_wheel, tmp_path, ["-c", SCRIPT], timeout=300)
+    proc = _run_outside(unpacked_wheel, tmp_path, ["-c", SCRIPT], timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert Path(info["file"]).resolve().is_relative_to(unpacked_wheel.resolve()), info["file"]
@@ -113,7 +115,7 @@ def test_wheel_runs_the_demo_from_anywhere(unpacked_wheel, tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     proc = _run_outside(unpacked_wheel, work, ["-m", "maskcd.cli.map", "--demo", "-o", "demo.gpkg", "--device", "cpu",
-                                               "-q"], timeout=600)
+                                               "-q"], timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"F1 ([\d.]+)", proc.stdout)
     assert m and float(m.group(1)) > 0.8, proc.stdout

@@ -28,7 +28,8 @@ from maskcd.batch.worker import loaded_models
 from maskcd.cli.batch import main
 from maskcd.inference.options import MapOptions
 
-pytestmark = pytest.mark.timeout(600)
+from tests.conftest import HANG_TIMEOUT_S
+
 
 MAP_KW = dict(tile=96, threshold=0.25, device="cpu", workers=0, batch_size=2)
 SITE_FILES = ("changes.gpkg", "change_prob.tif", "change_mask.tif", "quicklook.png", "report.json", "manifest.json")
@@ -82,7 +83,7 @@ def cluster2(cluster, reference):
     """The module's cluster with two worker processes (after the one-worker reference run)."""
     local, client = cluster
     local.scale(2)
-    client.wait_for_workers(2, timeout=120)
+    client.wait_for_workers(2, timeout=HANG_TIMEOUT_S)
     return client
 
 
@@ -253,11 +254,11 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(good_catalog, 
     cmd = [*cli_command(), *cli_args(good_catalog, out, tiny_model_dir), "--workers", "1"]
     log = open(tmp_path / "killed-run.log", "w")  # noqa: SIM115 (closed below; kept for a failing test's reader)
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_TIMEOUT_S
     try:
         while not list(out.glob("*/manifest.json")):
             assert proc.poll() is None, f"the run ended before any site finished: see {tmp_path / 'killed-run.log'}"
-            assert time.monotonic() < deadline, "no site finished within 300 s"
+            assert time.monotonic() < deadline, f"no site finished within {HANG_TIMEOUT_S:.0f} s"
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)

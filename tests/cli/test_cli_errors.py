@@ -12,6 +12,8 @@ import pytest
 from maskcd.cli import one_line_errors
 from maskcd.errors import CheckpointError, ConfigError, InputError, MaskCDError, ModelNotFoundError
 
+from tests.conftest import HANG_TIMEOUT_S
+
 
 def _raiser(exc):
     @one_line_errors("maskcd-x")
@@ -101,7 +103,7 @@ def test_map_bug_shows_traceback_exit_1(pair, tmp_path, monkeypatch, capsys):
 
 def test_models_cli_unknown_name_exit_2_in_a_process():
     proc = subprocess.run([sys.executable, "-m", "maskcd.cli.models", "no-such-preset"], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         proc.stderr.strip()] and "maskcd-models: error: unknown model 'no-such-preset'" in proc.stderr

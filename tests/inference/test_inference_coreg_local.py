@@ -15,6 +15,8 @@ from maskcd.io import align_pair
 from maskcd.io.coreg import TiePoint, estimate, fit_field, match_window, to_gray
 from maskcd.models.base import InferenceSpec
 
+from tests.conftest import HANG_TIMEOUT_S
+
 NAIP = ("geotiff_bitemporal", "naip_northdakota_m_4709963_se_14")
 SPEC = InferenceSpec(input_bands=("red", "green", "blue"), tile_size=64)
 SIZE = 512
@@ -132,7 +134,7 @@ def test_tie_point_layer_opens_styled_in_qgis(tmp_path, shared_data, pixel_model
     if reason:
         pytest.skip(reason)
     proc = subprocess.run(["/usr/bin/python3", str(QGIS_OPEN), str(res.gpkg), "coreg_tie_points"],
-                          capture_output=True, text=True, timeout=120,
+                          capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
                           env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     print(proc.stdout, proc.stderr[-500:])
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,8 @@ import textwrap
 import numpy as np
 import rasterio
 
+from tests.conftest import HANG_TIMEOUT_S
+
 SCRIPT = textwrap.dedent('''
     import os, sys, json
     import torch
@@ -48,7 +50,7 @@ def test_two_ranks_match_single_process(tmp_path, geotiff_writer, rng, image_mak
         port = str(s.getsockname()[1])
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         str(script)], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+         str(script)], capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 

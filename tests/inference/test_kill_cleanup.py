@@ -15,6 +15,8 @@ import pytest
 
 from maskcd.inference.cleanup import LOCK_PREFIX, RunLock, sweep_dead_runs
 
+from tests.conftest import HANG_TIMEOUT_S
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
 
@@ -75,7 +77,7 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     # wait until it writes tiles: the hidden store exists, holds data, and the DataLoader workers run
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + HANG_TIMEOUT_S
     workers: set[int] = set()
     while time.monotonic() < deadline and proc.poll() is None:
         stores = list(out.glob("..changes_change_prob.tif.*.maskcd-tiles/tiles.f16"))
@@ -103,7 +105,7 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
     assert not survivors, f"processes of the killed run still alive 10 s later: {survivors}"
 
     # the next run in the same folder removes the leftovers and writes valid outputs
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "leftover" in rerun.stderr and ".maskcd-tiles" in rerun.stderr
     assert _hidden(out) == []

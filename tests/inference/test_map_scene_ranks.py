@@ -15,6 +15,8 @@ import torch
 
 from maskcd.models import build_model
 
+from tests.conftest import HANG_TIMEOUT_S
+
 
 def test_two_rank_map_matches_one_process(tmp_path, geotiff_writer):
     rng = np.random.default_rng(11)
@@ -32,14 +34,14 @@ def test_two_rank_map_matches_one_process(tmp_path, geotiff_writer):
     for sub in ("one", "two"):
         (tmp_path / sub).mkdir()
     single = subprocess.run([sys.executable, "-m", "maskcd.cli.map", *common, "-o", str(tmp_path / "one" / "o.gpkg")],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S)
     assert single.returncode == 0, single.stderr[-3000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                           port, "-m", "maskcd.cli.map", *common, "-o", str(tmp_path / "two" / "o.gpkg")],
-                         capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, env=env, timeout=HANG_TIMEOUT_S, cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     for name in ("o_change_prob.tif", "o_change_mask.tif"):
         with rasterio.open(tmp_path / "one" / name) as d1, rasterio.open(tmp_path / "two" / name) as d2:

@@ -18,7 +18,7 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
-from tests.conftest import shared_path
+from tests.conftest import HANG_TIMEOUT_S, shared_path
 
 REPO = Path(__file__).resolve().parents[2]
 QGIS_PYTHON = "/usr/bin/python3"
@@ -32,7 +32,7 @@ def qgis_missing() -> str | None:
     if not Path(QGIS_PYTHON).is_file():
         return f"{QGIS_PYTHON} does not exist (QGIS's Python bindings need Debian's python3-qgis)"
     try:
-        proc = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True, timeout=120,
+        proc = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, text=True, timeout=HANG_TIMEOUT_S,
                               env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")})
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"{QGIS_PYTHON} cannot import qgis.core ({err})"
@@ -56,7 +56,7 @@ def crop(src: Path, dst: Path, bounds) -> Path:
     return dst
 
 
-def run_harness(actions: list[dict], tmp: Path, timeout: int = 600) -> dict:
+def run_harness(actions: list[dict], tmp: Path, timeout: float = HANG_TIMEOUT_S) -> dict:
     spec = tmp / "spec.json"
     spec.write_text(json.dumps({"plugin_dir": str(REPO / "qgis_plugin"), "actions": actions}))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}

@@ -10,6 +10,8 @@ import torch
 from maskcd.data.scenes import write_catalog
 from maskcd.data.synthetic import make_scene_pair
 
+from tests.conftest import HANG_TIMEOUT_S
+
 
 @pytest.fixture
 def catalog(tmp_path):
@@ -76,7 +78,7 @@ def test_two_process_training_matches_one_process_loss_scale(catalog, tmp_path):
            "--chips-per-site", "2", "--optimizer", "adamw", "--warmup-epochs", "1", "--output-dir",
            str(tmp_path / "two"), "--seed", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=repo, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
     two = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])

@@ -17,6 +17,8 @@ from PIL import Image
 
 from maskcd.models import load_model
 
+from tests.conftest import HANG_TIMEOUT_S
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -109,7 +111,7 @@ def test_two_processes_give_the_same_metrics_as_one(single_process_metrics, patc
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(REPO / "pipelines/test.py"),
            "--dataset", str(patch_dataset), "--model", str(eval_model), "--batch-size", "4",
            "--save-maps", str(tmp_path / "maps"), "--output", str(tmp_path / "metrics.json")]
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads((tmp_path / "metrics.json").read_text())
     one = json.loads((single_process_metrics / "metrics.json").read_text())

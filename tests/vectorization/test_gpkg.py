@@ -15,6 +15,8 @@ from maskcd.errors import InputError, OutputExistsError
 from maskcd.vectorization import add_layer_to_gpkg, read_run_metadata, vectorize_changes, write_changes_gpkg
 from maskcd.vectorization import gpkg as gpkg_module
 
+from tests.conftest import HANG_TIMEOUT_S
+
 QGIS_PYTHON = "/usr/bin/python3"
 QGIS_TOOL = Path(__file__).resolve().parents[3] / "shared" / "tools" / "qgis_open.py"
 METADATA = {"arguments": {"threshold": 0.5, "min_area": 2.0}, "versions": {"maskcd": "0.1.0"},
@@ -151,7 +153,7 @@ def test_add_layers_to_an_existing_geopackage(tmp_path, changes):
 
 def _has_qgis() -> bool:
     try:
-        return subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, timeout=60).returncode == 0
+        return subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, timeout=HANG_TIMEOUT_S).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -163,7 +165,7 @@ def test_qgis_opens_the_layer_with_the_graduated_style(tmp_path, changes):
     add_layer_to_gpkg(out, changes.iloc[:0], layer="changes_empty")
     for layer, n in (("changes", len(changes)), ("changes_empty", 0)):
         res = subprocess.run([QGIS_PYTHON, str(QGIS_TOOL), str(out), layer], capture_output=True, text=True,
-                             timeout=120, env={"QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)})
+                             timeout=HANG_TIMEOUT_S, env={"QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)})
         assert res.returncode == 0, res.stdout + res.stderr
         assert f"{n} features, crs EPSG:32633" in res.stdout and "renderer graduatedSymbol" in res.stdout
         assert "partially supported" not in res.stderr  # GeoPackage 1.2: no version warning from GDAL 3.6
