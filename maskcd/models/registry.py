@@ -168,6 +168,9 @@ def _read_preset(path: str) -> dict:
     data = read_yaml(path, what="preset file")
     if "architecture" not in data:
         raise ConfigError(f"preset file {path} has no 'architecture' key: add the name of a registered architecture")
+    if not isinstance(data.get("config") or {}, dict):
+        raise ConfigError(f"preset file {path}: 'config' must be a mapping of config keys, not "
+                          f"{type(data['config']).__name__}")
     return data
 
 

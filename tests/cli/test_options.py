@@ -353,3 +353,20 @@ def test_bad_value_in_a_model_config_is_one_line(tmp_path, capsys):
     line = _one_line(capsys, "maskcd-map")
     assert rc == 2 and str(folder / "config.json") in line and "recipe" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_bad_preset_files_are_one_line(tmp_path, monkeypatch):
+    from maskcd.models import list_models
+    from maskcd.models.registry import _read_preset
+
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("MASKCD_CONFIG_DIR", str(tmp_path))
+    bad = tmp_path / "models" / "broken.yaml"
+    for text, needle in [("architecture: [snunet\n", "is not valid YAML"),
+                         ("architecture: snunet\nconfig: [1, 2]\n", "'config' must be a mapping"),
+                         ("config: {}\n", "has no 'architecture' key")]:
+        bad.write_text(text)
+        _read_preset.cache_clear()
+        with pytest.raises(ConfigError, match=f"preset file {re.escape(str(bad))}.*{re.escape(needle)}"):
+            list_models()
+    _read_preset.cache_clear()
