@@ -13,7 +13,6 @@ from pathlib import Path
 
 from maskcd.cli import one_line_errors
 from maskcd.errors import InputError
-from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
 from maskcd.options import given_flags, load_options
 
@@ -30,7 +29,7 @@ def _assets(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from maskcd.cli.map import _one_of, add_real_imagery_args
+    from maskcd.cli.map import add_mapping_args
 
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -61,18 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, with the traceback of each failed site")
     m = p.add_argument_group("mapping (as maskcd-map, applied to every site)")
-    m.add_argument("--model", help="preset name, model folder or Hub id")
-    m.add_argument("--bands", help="1-based bands read from both images, e.g. 1,2,3")
-    m.add_argument("--tile", type=int, help="window size in pixels (default: the model's)")
-    m.add_argument("--overlap", type=float, help="window overlap: pixels (>= 1) or fraction of the tile (< 1)")
-    m.add_argument("--threshold", type=float, help="change probability threshold")
-    m.add_argument("--min-area", type=float, dest="min_area", help="smallest polygon in m²")
-    m.add_argument("--simplify", type=float, help="simplification tolerance in metres")
-    m.add_argument("--batch-size", type=int, dest="batch_size", help="windows per forward pass")
-    m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--blend", metavar=_one_of(BLEND_MODES), help="window blending")
-    m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
-    add_real_imagery_args(m)
+    add_mapping_args(m)
     m.add_argument("--loader-workers", type=int, dest="loader_workers",
                    help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p

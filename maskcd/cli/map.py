@@ -36,11 +36,28 @@ def _one_of(modes) -> str:
     return "{" + ",".join(modes) + "}"
 
 
-def add_real_imagery_args(p) -> None:
-    """``--coregister``, ``--gsd``, ``--scale`` and ``--match-histogram`` (shared with ``maskcd-batch``)."""
+def add_mapping_args(p) -> None:
+    """The :class:`MapOptions` flags that ``maskcd-map`` and ``maskcd-batch`` share (everything except the per-run
+    outputs ``--aoi``/``--prob-out``/``--mask-out``/``--overwrite`` and the reader count ``--workers``).
+
+    Every flag defaults to ``None``, so only the flags given override ``--config``; :class:`MapOptions` checks the
+    values (one line, exit code 2).
+    """
     from maskcd.io.coreg import MODES as COREG_MODES
     from maskcd.io.radiometry import MODES as SCALE_MODES
 
+    p.add_argument("--model", help="preset, task alias (mining, buildings, landslides, cropland, urban), model folder or "
+                   "Hub id (default from maskcd/configs/map.yaml: mining)")
+    p.add_argument("--bands", help="1-based band indices read from both images, e.g. 1,2,3")
+    p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
+    p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threshold", type=float, help="change probability threshold")
+    p.add_argument("--min-area", type=float, help="minimum polygon area in m²")
+    p.add_argument("--simplify", type=float, help="simplification tolerance in m (default: one pixel)")
+    p.add_argument("--blend", metavar=_one_of(BLEND_MODES), help="overlap blending")
+    p.add_argument("--layer", help="GeoPackage layer name (maskcd-batch time series: <layer>_<before>_<after>)")
     p.add_argument("--coregister", metavar=_one_of(COREG_MODES),
                    help="co-register the after image: one sub-pixel shift (global, default) or a tie-point field (local)")
     p.add_argument("--gsd", help="mapping pixel size: model (default; the model's GSD when the input is "
@@ -57,23 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
     p.add_argument("after", nargs="?", help="later image (warped onto the before grid)")
     p.add_argument("-o", "--output", required=True, help="GeoPackage to write")
-    p.add_argument("--model", help="preset, task alias (mining, buildings, landslides, cropland, urban), model folder or Hub id "
-                   "(default from maskcd/configs/map.yaml: mining)")
-    p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
-    p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threshold", type=float, help="change probability threshold")
-    p.add_argument("--min-area", type=float, help="minimum polygon area in m²")
-    p.add_argument("--simplify", type=float, help="simplification tolerance in m (default: one pixel)")
+    add_mapping_args(p)
     p.add_argument("--aoi", help="polygon file restricting the mapped area")
-    p.add_argument("--bands", help="1-based band indices read from both images, e.g. 1,2,3")
     p.add_argument("--prob-out", help="probability COG path (default: <OUT>_change_prob.tif)")
     p.add_argument("--mask-out", help="mask COG path (default: <OUT>_change_mask.tif)")
     p.add_argument("--workers", type=int, help="DataLoader / Dask workers")
-    p.add_argument("--blend", metavar=_one_of(BLEND_MODES), help="overlap blending")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing outputs")
-    add_real_imagery_args(p)
     p.add_argument("--config", help="YAML file with the same keys as the flags")
     p.add_argument("--demo", action="store_true", help="map a generated synthetic mining-site pair and score it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -370,3 +370,14 @@ def test_bad_preset_files_are_one_line(tmp_path, monkeypatch):
         with pytest.raises(ConfigError, match=f"preset file {re.escape(str(bad))}.*{re.escape(needle)}"):
             list_models()
     _read_preset.cache_clear()
+
+
+def test_every_map_option_has_one_flag_in_both_mapping_tools():
+    from maskcd.cli.batch import PER_SITE_KEYS
+    from maskcd.cli.batch import build_parser as batch_parser
+    from maskcd.cli.map import build_parser as map_parser
+
+    map_dests = {a.dest for a in map_parser()._actions}
+    batch_dests = {a.dest for a in batch_parser()._actions}
+    assert set(MapOptions.keys()) <= map_dests
+    assert set(MapOptions.keys()) - set(PER_SITE_KEYS) - {"workers"} | {"loader_workers"} <= batch_dests
