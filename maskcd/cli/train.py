@@ -4,6 +4,8 @@
 
 DATA is a folder saved by ``maskcd-dataset`` / ``save_to_disk``, a Hub dataset id, or a YAML/JSON GeoTIFF scene catalog.
 Checkpoints: ``<output-dir>/best_f1/`` and ``<output-dir>/last/``; per-epoch metrics in ``metrics.jsonl``.
+Options: the :class:`~maskcd.training.trainer.TrainConfig` defaults < ``--config FILE.yaml`` (same keys, e.g.
+``configs/train-*.yaml``) < the flags given (:mod:`maskcd.options`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 from maskcd.cli import one_line_errors
 
 
-#: flag ``dest`` → option name where they differ
+#: option name → the flag's argparse ``dest``, where they differ (``--no-augment`` sets ``augment``)
 RENAMED = {"augment": "no_augment"}
 
 
