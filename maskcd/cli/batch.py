@@ -9,29 +9,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
-
-import yaml
 
 from maskcd.cli import one_line_errors
 from maskcd.errors import InputError
-from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
+from maskcd.options import given_flags, load_options
 
 PROG = "maskcd-batch"
 #: MapOptions keys that the batch runner sets per site; a --config file may not set them.
 PER_SITE_KEYS = ("prob_out", "mask_out", "aoi", "overwrite")
-
-
-def _bands(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(",", " ").split()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"bands must be 1-based integers like 1,2,3, got {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"bands must be 1-based integers like 1,2,3, got {text!r}")
-    return values
 
 
 def _assets(text: str) -> list[str]:
@@ -41,12 +28,9 @@ def _assets(text: str) -> list[str]:
     return keys
 
 
-def _overlap(text: str) -> float:
-    value = float(text)
-    return int(value) if value >= 1 and value.is_integer() else value
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from maskcd.cli.map import add_mapping_args
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Map change for every site of a catalog (CSV, GeoPackage or GeoJSON with site_id, before, after "
@@ -76,83 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, with the traceback of each failed site")
     m = p.add_argument_group("mapping (as maskcd-map, applied to every site)")
-    m.add_argument("--model", help="preset name, model folder or Hub id")
-    m.add_argument("--bands", type=_bands, help="1-based bands read from both images, e.g. 1,2,3")
-    m.add_argument("--tile", type=int, help="window size in pixels (default: the model's)")
-    m.add_argument("--overlap", type=_overlap, help="window overlap: pixels (>= 1) or fraction of the tile (< 1)")
-    m.add_argument("--threshold", type=float, help="change probability threshold")
-    m.add_argument("--min-area", type=float, dest="min_area", help="smallest polygon in m²")
-    m.add_argument("--simplify", type=float, help="simplification tolerance in metres")
-    m.add_argument("--batch-size", type=int, dest="batch_size", help="windows per forward pass")
-    m.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--blend", choices=("cosine", "mean", "crop"), help="window blending")
-    m.add_argument("--layer", help="GeoPackage layer name (time series: <layer>_<before>_<after>)")
-    from maskcd.cli.map import add_real_imagery_args
-
-    add_real_imagery_args(m)
+    add_mapping_args(m)
     m.add_argument("--loader-workers", type=int, dest="loader_workers",
                    help="DataLoader reader processes per site (YAML key: workers); 0 inside Dask's daemonic workers")
     return p
 
 
-def load_config(path: Path, *, strict: bool = True) -> dict:
-    """Read a YAML of MapOptions keys; unknown keys raise :class:`InputError`, and so do per-site keys
-    (``prob_out``, ``mask_out``, ``aoi``, ``overwrite``) when ``strict``, else they are dropped."""
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise InputError(f"config {path} cannot be read ({err.strerror}); check the path") from err
-    except yaml.YAMLError as err:
-        raise InputError(f"config {path} is not valid YAML ({str(err).splitlines()[0]})") from err
-    if not isinstance(data, dict):
-        raise InputError(f"config {path} must be a mapping of maskcd-map keys, got {type(data).__name__}")
-    valid = [k for k in MapOptions.keys() if k not in PER_SITE_KEYS]
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    if not strict:
-        data = {k: v for k, v in data.items() if k not in PER_SITE_KEYS}
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise InputError(f"config {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
-    return data
-
-
 def options_from_args(args: argparse.Namespace) -> MapOptions:
-    """``maskcd/configs/map.yaml`` (the maskcd-map defaults) < ``--config`` YAML < command-line options."""
+    """``maskcd/configs/map.yaml`` (the maskcd-map defaults) < ``--config`` YAML < command-line options.
+
+    The per-site keys (:data:`PER_SITE_KEYS`) are the runner's: a ``--config`` may not set them. ``--workers`` sizes
+    the Dask cluster; the options' ``workers`` (DataLoader readers per site) come from ``--loader-workers``.
+    """
     from maskcd.cli.map import default_config_path
 
-    values: dict = {}
-    if default_config_path().is_file():
-        values.update({k: v for k, v in load_config(default_config_path(), strict=False).items()})
-    if args.config:
-        values.update(load_config(args.config))
-    for f in fields(MapOptions):
-        # MapOptions.workers are the DataLoader readers (--loader-workers); args.workers is the Dask cluster's size
-        value = getattr(args, "loader_workers" if f.name == "workers" else f.name, None)
-        if value is not None and f.name not in PER_SITE_KEYS:
-            values[f.name] = value
-    if values.get("bands") is not None and not isinstance(values["bands"], list):
-        try:
-            values["bands"] = _bands(str(values["bands"]))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(str(err)) from err
-    if values.get("gsd") is not None and not isinstance(values["gsd"], (int, float)):
-        from maskcd.cli.map import _gsd
-
-        try:
-            values["gsd"] = _gsd(str(values["gsd"]))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(str(err)) from err
-    opts = MapOptions(**values)
-    for key, ok in (("coregister", opts.coregister in ("off", "global", "local")),
-                    ("scale", opts.scale in ("auto", "none", "percentile", "minmax")),
-                    ("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
-                    ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
-                    ("tile", opts.tile is None or opts.tile >= 16), ("overlap", opts.overlap >= 0),
-                    ("blend", opts.blend in BLEND_MODES)):
-        if not ok:
-            raise InputError(f"invalid {key} {getattr(opts, key)!r}: see {PROG} --help")
-    return opts
+    flags = given_flags(args, MapOptions.keys(), rename={"workers": "loader_workers"})
+    return load_options(MapOptions, flags, config=args.config, defaults=default_config_path(), exclude=PER_SITE_KEYS)
 
 
 @one_line_errors(PROG)

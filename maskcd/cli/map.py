@@ -14,12 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from maskcd.cli import one_line_errors
 from maskcd.errors import InputError
 from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
+from maskcd.options import given_flags, load_options
 
 PROG = "maskcd-map"
 DEMO_SEED = 2026
@@ -32,52 +31,38 @@ def default_config_path() -> Path:
     return config_dir() / "map.yaml"
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"config file {path} does not exist: check the --config path")
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-    except yaml.YAMLError as err:
-        raise InputError(f"config file {path} is not valid YAML ({str(err).splitlines()[0]}): fix its syntax") from err
-    if not isinstance(data, dict):
-        raise InputError(f"config file {path} must be a mapping of MapOptions keys")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(MapOptions.keys()))
-    if unknown:
-        raise InputError(f"config file {path}: unknown keys {unknown}; valid keys: {', '.join(MapOptions.keys())}")
-    return data
+def _one_of(modes) -> str:
+    """A flag's metavar listing its values; :class:`MapOptions` checks them (one line, exit 2, not argparse's usage)."""
+    return "{" + ",".join(modes) + "}"
 
 
-def _bands(text: str) -> list[int]:
-    try:
-        bands = [int(b) for b in str(text).replace(" ", "").split(",") if b]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bands wants 1-based indices like 1,2,3, got {text!r}") from None
-    if not bands or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"--bands wants 1-based indices like 1,2,3, got {text!r}")
-    return bands
+def add_mapping_args(p) -> None:
+    """The :class:`MapOptions` flags that ``maskcd-map`` and ``maskcd-batch`` share (everything except the per-run
+    outputs ``--aoi``/``--prob-out``/``--mask-out``/``--overwrite`` and the reader count ``--workers``).
 
+    Every flag defaults to ``None``, so only the flags given override ``--config``; :class:`MapOptions` checks the
+    values (one line, exit code 2).
+    """
+    from maskcd.io.coreg import MODES as COREG_MODES
+    from maskcd.io.radiometry import MODES as SCALE_MODES
 
-def _gsd(text: str) -> str | float:
-    if str(text).lower() in ("native", "model"):
-        return str(text).lower()
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--gsd wants native, model or a pixel size in metres, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"--gsd must be a positive pixel size in metres, got {text!r}")
-    return value
-
-
-def add_real_imagery_args(p) -> None:
-    """``--coregister``, ``--gsd``, ``--scale`` and ``--match-histogram`` (shared with ``maskcd-batch``)."""
-    p.add_argument("--coregister", choices=["off", "global", "local"],
+    p.add_argument("--model", help="preset, task alias (mining, buildings, landslides, cropland, urban), model folder or "
+                   "Hub id (default from maskcd/configs/map.yaml: mining)")
+    p.add_argument("--bands", help="1-based band indices read from both images, e.g. 1,2,3")
+    p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
+    p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threshold", type=float, help="change probability threshold")
+    p.add_argument("--min-area", type=float, help="minimum polygon area in m²")
+    p.add_argument("--simplify", type=float, help="simplification tolerance in m (default: one pixel)")
+    p.add_argument("--blend", metavar=_one_of(BLEND_MODES), help="overlap blending")
+    p.add_argument("--layer", help="GeoPackage layer name (maskcd-batch time series: <layer>_<before>_<after>)")
+    p.add_argument("--coregister", metavar=_one_of(COREG_MODES),
                    help="co-register the after image: one sub-pixel shift (global, default) or a tie-point field (local)")
-    p.add_argument("--gsd", type=_gsd, help="mapping pixel size: model (default; the model's GSD when the input is "
+    p.add_argument("--gsd", help="mapping pixel size: model (default; the model's GSD when the input is "
                    "> 1.5x away), native, or metres")
-    p.add_argument("--scale", choices=["auto", "none", "percentile", "minmax"],
+    p.add_argument("--scale", metavar=_one_of(SCALE_MODES),
                    help="radiometry: auto (default: 8-bit as is, 16-bit/float per-band 2-98 %% percentiles), none, "
                    "percentile or minmax")
     p.add_argument("--match-histogram", action="store_true", default=None, dest="match_histogram",
@@ -89,23 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
     p.add_argument("after", nargs="?", help="later image (warped onto the before grid)")
     p.add_argument("-o", "--output", required=True, help="GeoPackage to write")
-    p.add_argument("--model", help="preset, task alias (mining, buildings, landslides, cropland, urban), model folder or Hub id "
-                   "(default from maskcd/configs/map.yaml: mining)")
-    p.add_argument("--tile", type=int, help="window size in px (default: the model's native tile)")
-    p.add_argument("--overlap", type=float, help="overlap between windows: px (>= 1) or fraction of the tile (< 1)")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threshold", type=float, help="change probability threshold")
-    p.add_argument("--min-area", type=float, help="minimum polygon area in m²")
-    p.add_argument("--simplify", type=float, help="simplification tolerance in m (default: one pixel)")
+    add_mapping_args(p)
     p.add_argument("--aoi", help="polygon file restricting the mapped area")
-    p.add_argument("--bands", type=_bands, help="1-based band indices read from both images, e.g. 1,2,3")
     p.add_argument("--prob-out", help="probability COG path (default: <OUT>_change_prob.tif)")
     p.add_argument("--mask-out", help="mask COG path (default: <OUT>_change_mask.tif)")
     p.add_argument("--workers", type=int, help="DataLoader / Dask workers")
-    p.add_argument("--blend", choices=["cosine", "mean", "crop"], help="overlap blending")
     p.add_argument("--overwrite", action="store_true", default=None, help="replace existing outputs")
-    add_real_imagery_args(p)
     p.add_argument("--config", help="YAML file with the same keys as the flags")
     p.add_argument("--demo", action="store_true", help="map a generated synthetic mining-site pair and score it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -114,29 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_options(args: argparse.Namespace) -> MapOptions:
-    values = _read_yaml(default_config_path()) if default_config_path().is_file() else {}
-    if args.config:
-        values.update(_read_yaml(Path(args.config)))
-    for key in MapOptions.keys():
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
-    if values.get("bands") is not None and not isinstance(values["bands"], list):
-        values["bands"] = _bands(str(values["bands"]))
-    if values.get("gsd") is not None and not isinstance(values["gsd"], (int, float)):
-        try:
-            values["gsd"] = _gsd(str(values["gsd"]))
-        except argparse.ArgumentTypeError as err:
-            raise InputError(str(err)) from err
-    opts = MapOptions(**values)
-    for key, ok in (("coregister", opts.coregister in ("off", "global", "local")),
-                    ("scale", opts.scale in ("auto", "none", "percentile", "minmax")),
-                    ("batch_size", opts.batch_size >= 1), ("workers", opts.workers >= 0),
-                    ("threshold", 0.0 <= opts.threshold <= 1.0), ("min_area", opts.min_area >= 0),
-                    ("tile", opts.tile is None or opts.tile >= 16), ("blend", opts.blend in BLEND_MODES)):
-        if not ok:
-            raise InputError(f"invalid {key} {getattr(opts, key)!r}: see maskcd-map --help")
-    return opts
+    """``maskcd/configs/map.yaml`` < ``--config`` YAML < the flags given (see :mod:`maskcd.options`)."""
+    return load_options(MapOptions, given_flags(args, MapOptions.keys()), config=args.config,
+                        defaults=default_config_path())
 
 
 def _demo_inputs(out: Path, model_given: bool) -> tuple[str, str, str, str]:

@@ -227,6 +227,7 @@ def map_rasters(
     nothing is left behind. Under ``accelerate launch`` every rank infers its own windows and only the main process
     stitches (``stats`` is ``None`` on the others).
     """
+    options.validate()
     timings: dict[str, float] = {}
     bound_malloc()
     prob_path, mask_path = Path(prob_path), Path(mask_path)
@@ -379,10 +380,11 @@ def map_scene(
         A :class:`MapResult`; under ``accelerate launch`` only the main process writes outputs and fills it.
 
     Raises:
-        InputError: Bad input (one line naming the file and the fix).
+        InputError: Bad input (one line naming the file and the fix); its subclass ConfigError for a bad option value.
         OutputExistsError: An output exists and ``options.overwrite`` is false.
         DiskFullError: Too little free space for the estimated need, or ENOSPC while writing (nothing is left).
     """
+    options.validate()
     t_start = time.perf_counter()
     run_id = shared_run_id(uuid.uuid4().hex[:12], options.device)
     out, prob_out, mask_out = output_paths(out_gpkg, options)

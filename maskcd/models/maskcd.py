@@ -36,6 +36,7 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerTransformerModule,
 )
 
+from maskcd.errors import ConfigError
 from maskcd.models.base import (
     ChangeDetectionOutput,
     ChangeModelMixin,
@@ -130,7 +131,7 @@ class MaskCDForChangeDetection(ChangeModelMixin, Mask2FormerForUniversalSegmenta
     def __init__(self, config: Mask2FormerConfig):
         Mask2FormerPreTrainedModel.__init__(self, config)
         if config.num_labels < 2:
-            raise ValueError(f"MaskCD needs at least the 2 change classes, got num_labels={config.num_labels}")
+            raise ConfigError(f"MaskCD needs at least the 2 change classes, got num_labels={config.num_labels}")
         self.model = MaskCDModel(config)
         self.weight_dict = {
             "loss_cross_entropy": config.class_weight,

@@ -103,7 +103,7 @@ class EinFFT(nn.Module):
     def __init__(self, dim: int, num_blocks: int = 4, sparsity_threshold: float = 0.01, scale: float = 0.02):
         super().__init__()
         if dim % num_blocks:
-            raise ValueError(f"ChangeFFT needs channels divisible by {num_blocks}, got {dim}")
+            raise ConfigError(f"ChangeFFT needs channels divisible by {num_blocks}, got {dim}")
         self.hidden_size = dim
         self.num_blocks = num_blocks
         self.block_size = dim // num_blocks

@@ -30,10 +30,9 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from maskcd.errors import ConfigError, ModelNotFoundError
 from maskcd.models.weights_io import checkpoint_errors, read_config, require_weights
+from maskcd.options import read_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +165,12 @@ def legacy_loaders() -> list[LegacyLoader]:
 
 @lru_cache(maxsize=None)
 def _read_preset(path: str) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path, what="preset file")
     if "architecture" not in data:
         raise ConfigError(f"preset file {path} has no 'architecture' key: add the name of a registered architecture")
+    if not isinstance(data.get("config") or {}, dict):
+        raise ConfigError(f"preset file {path}: 'config' must be a mapping of config keys, not "
+                          f"{type(data['config']).__name__}")
     return data
 
 
@@ -221,8 +222,10 @@ class TaskAlias:
 
 @lru_cache(maxsize=None)
 def _read_aliases(path: str) -> tuple[TaskAlias, ...]:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = read_yaml(path, what="task alias file")
+    bad = [name for name, entry in data.items() if not isinstance(entry, dict) or "hub_id" not in entry]
+    if bad:
+        raise ConfigError(f"task alias file {path}: alias {bad[0]!r} needs a 'hub_id' entry: add one")
     return tuple(TaskAlias(name, entry["hub_id"], entry.get("source", "")) for name, entry in data.items())
 
 

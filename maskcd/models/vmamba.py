@@ -33,6 +33,7 @@ from torchvision.ops import StochasticDepth
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.modeling_outputs import BackboneOutput
 
+from maskcd.errors import ConfigError
 from maskcd.models.selective_scan import DEFAULT_CHUNK, selective_scan
 
 DIRECTIONS = 4
@@ -76,7 +77,7 @@ class VMambaConfig(PreTrainedConfig):
         if isinstance(dims, int):  # c → c·2^i per stage
             dims = [dims * 2**i for i in range(len(depths))]
         if len(dims) != len(depths):
-            raise ValueError(f"VMamba needs one dim per stage: depths {depths}, dims {dims}")
+            raise ConfigError(f"VMamba needs one dim per stage: depths {depths}, dims {dims}")
         self.depths = depths
         self.dims = [int(d) for d in dims]
         self.d_state = int(d_state)

@@ -19,7 +19,7 @@ import os
 import pickle
 from pathlib import Path
 
-from maskcd.errors import CheckpointError
+from maskcd.errors import CheckpointError, ConfigError
 
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 """Single-file weight names looked for in a checkpoint folder, in order of preference."""
@@ -176,6 +176,8 @@ def checkpoint_errors(folder: str | os.PathLike):
         yield
     except CheckpointError:
         raise
+    except ConfigError as err:  # a bad value in config.json: name the file
+        raise ConfigError(f"{folder / 'config.json'}: {err}; fix the value or download the checkpoint again") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         read_config(folder)  # raises the one-line error when config.json is the bad file
         raise err

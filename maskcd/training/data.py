@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskcd.errors import InputError
+from maskcd.options import as_int, as_number, check_value
 
 CATALOG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -44,6 +45,26 @@ class DataOptions:
     stride: int | None = None
     batch_sampler: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> DataOptions:
+        """Check the values (in place); raises :class:`~maskcd.errors.ConfigError` naming the option."""
+        if self.crop is not None:
+            self.crop = as_int(self.crop, "crop", "a chip size in pixels >= 1, or null")
+            check_value(self.crop >= 1, "crop", self.crop, "a chip size in pixels >= 1, or null")
+        if self.stride is not None:
+            self.stride = as_int(self.stride, "stride", "a stride in pixels >= 1, or null")
+            check_value(self.stride >= 1, "stride", self.stride, "a stride in pixels >= 1, or null")
+        self.jitter = as_number(self.jitter, "jitter", "a strength >= 0")
+        check_value(self.jitter >= 0, "jitter", self.jitter, "a strength >= 0")
+        self.chips_per_site = as_int(self.chips_per_site, "chips_per_site", "an integer >= 1")
+        check_value(self.chips_per_site >= 1, "chips_per_site", self.chips_per_site, "an integer >= 1")
+        for name in ("augment", "batch_sampler"):
+            check_value(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
+        self.seed = as_int(self.seed, "seed", "an integer")
+        return self
 
 
 def make_split(source: str, split: str, spec, options: DataOptions, train: bool):

@@ -28,15 +28,25 @@ from torch.utils.data import DataLoader
 
 from maskcd.data.patches import collate
 from maskcd.errors import InputError, OutputExistsError
+from maskcd.options import as_int, as_number, check_value
 from maskcd.training.data import DataOptions, dataset_name, make_split
 from maskcd.training.evaluate import evaluate
 
 STATE_FILE = "training_state.pt"
 
 
+OPTIMIZERS = ("adam", "adamw")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
-    """Everything ``maskcd-train`` can set (see ``maskcd-train --help``)."""
+    """Everything ``maskcd-train`` can set (see ``maskcd-train --help``); ``--config`` YAML files use the same keys,
+    with the :class:`~maskcd.training.data.DataOptions` fields (``crop``, ``jitter``...) at the same level.
+
+    Raises:
+        ConfigError: A value out of range or of the wrong kind (see :meth:`validate`).
+    """
 
     dataset: str
     model: str = "maskcd-swin-t"
@@ -59,6 +69,52 @@ class TrainConfig:
     overwrite: bool = False
     max_steps_per_epoch: int | None = None
     data: DataOptions = field(default_factory=DataOptions)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> TrainConfig:
+        """Check every value (in place; ``clip_grad`` 0 means off and becomes ``None``); returns ``self``.
+
+        Raises:
+            ConfigError: One line naming the option, the bad value and the allowed values.
+        """
+        for name in ("dataset", "model"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, str(value))
+            check_value(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, value,
+                        "a folder, file, preset name or Hub id")
+        for name, low in (("batch_size", 1), ("epochs", 1), ("grad_accum", 1), ("val_every", 1),
+                          ("val_batch_size", 1), ("warmup_epochs", 0), ("num_workers", 0)):
+            setattr(self, name, as_int(getattr(self, name), name, f"an integer >= {low}"))
+            check_value(getattr(self, name) >= low, name, getattr(self, name), f"an integer >= {low}")
+        self.seed = as_int(self.seed, "seed", "an integer")
+        if self.max_steps_per_epoch is not None:
+            self.max_steps_per_epoch = as_int(self.max_steps_per_epoch, "max_steps_per_epoch", "an integer >= 1")
+            check_value(self.max_steps_per_epoch >= 1, "max_steps_per_epoch", self.max_steps_per_epoch,
+                        "an integer >= 1, or null")
+        self.learning_rate = as_number(self.learning_rate, "learning_rate", "a positive number")
+        check_value(self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number")
+        for name in ("weight_decay", "min_lr"):
+            setattr(self, name, as_number(getattr(self, name), name, "a number >= 0"))
+            check_value(getattr(self, name) >= 0, name, getattr(self, name), "a number >= 0")
+        if self.clip_grad is not None:
+            self.clip_grad = as_number(self.clip_grad, "clip_grad", "a gradient norm >= 0 (0 or null: off)")
+            check_value(self.clip_grad >= 0, "clip_grad", self.clip_grad, "a gradient norm >= 0 (0 or null: off)")
+            self.clip_grad = self.clip_grad or None
+        check_value(isinstance(self.optimizer, str) and self.optimizer.lower() in OPTIMIZERS, "optimizer",
+                    self.optimizer, " | ".join(OPTIMIZERS))
+        self.optimizer = self.optimizer.lower()
+        check_value(self.mixed_precision in MIXED_PRECISION, "mixed_precision", self.mixed_precision,
+                    " | ".join(MIXED_PRECISION))
+        if self.resume is not None:
+            self.resume = str(self.resume)
+        check_value(isinstance(self.overwrite, bool), "overwrite", self.overwrite, "true or false")
+        check_value(self.output_dir is None or isinstance(self.output_dir, (str, os.PathLike)), "output_dir",
+                    self.output_dir, "a folder path")
+        self.data.validate()
+        return self
 
 
 POSTFIX_EVERY = 20
@@ -116,6 +172,7 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
 
     from maskcd.models import load_model
 
+    cfg.validate()
     if cfg.mixed_precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     else:
@@ -150,12 +207,8 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
     drop_last = cfg.batch_size > 1 and len(train_ds) % cfg.batch_size == 1
     loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, drop_last=drop_last,
                         num_workers=cfg.num_workers, generator=gen)
-    if cfg.optimizer.lower() == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    elif cfg.optimizer.lower() == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    else:
-        raise InputError(f"--optimizer must be adam or adamw, got {cfg.optimizer!r}")
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam  # checked by validate()
+    optimizer = optimizer_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.warmup_epochs, min_ratio))

@@ -26,8 +26,8 @@ def test_config_yaml_then_flags_override(tmp_path):
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("tresh: 0.5\n", "unknown key(s) tresh"),
-        ("prob_out: x.tif\n", "unknown key(s) prob_out"),
+        ("tresh: 0.5\n", "unknown key 'tresh' (did you mean 'threshold'?)"),
+        ("prob_out: x.tif\n", "'prob_out' cannot be set here"),
         ("- a\n- b\n", "must be a mapping"),
         ("threshold: 1.5\n", "invalid threshold 1.5"),
         ("model: [unclosed\n", "not valid YAML"),

@@ -64,7 +64,7 @@ FAST = ["--model", "maskcd-tiny", "--device", "cpu", "--workers", "0", "-q"]
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--tile", "64", "--overlap", "40"], "more than half the tile 64: pass --overlap ≤ 32"),
+    (["--tile", "64", "--overlap", "40"], "invalid overlap 40: use at most half the tile 64 (32 px)"),
     (["--model", "no-such-preset"], "model 'no-such-preset' is neither a preset"),
 ])
 def test_map_user_errors_are_one_line(pair, tmp_path, extra, needle, capsys):

@@ -58,7 +58,7 @@ def test_einfft_matches_complex_block_diagonal_mlp():
 
 
 def test_einfft_rejects_indivisible_channels():
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ConfigError, match="divisible by 4"):
         EinFFT(30)
 
 

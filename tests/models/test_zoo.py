@@ -469,7 +469,7 @@ def test_imagenet_backbone_offline_and_uncached_is_one_clear_error(tmp_path, mon
     with pytest.raises(MaskCDError, match=r"ResNet18_Weights\.IMAGENET1K_V1 .*resnet18-f37072fd\.pth.*cache") as err:
         build_model("dsamnet", backbone_weights="imagenet")
     assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="backbone_weights"):
+    with pytest.raises(ConfigError, match="backbone_weights"):
         build_model("dsamnet", backbone_weights="imagenet21k")
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
+from maskcd.errors import ConfigError
 from maskcd.models import build_model, load_model
 from maskcd.models.registry import ModelNotFoundError
 
@@ -76,5 +77,5 @@ def test_imagenet_weights_come_from_torchvisions_cache_and_saved_models_do_not_n
 
 
 def test_unknown_backbone_weights_are_explained():
-    with pytest.raises(ValueError, match="backbone_weights must be null"):
+    with pytest.raises(ConfigError, match="backbone_weights must be null"):
         build_model("tfi-gr", backbone_weights="imagenet21k")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskcd.errors import ModelNotFoundError
+from maskcd.errors import ConfigError, ModelNotFoundError
 
 BACKBONE_WEIGHTS = {
     # name in presets -> torchvision weights enum entry, per backbone
@@ -40,7 +40,7 @@ def check_backbone_weights(value: str | None, backbone: str) -> str | None:
     """Validate a config's ``backbone_weights`` (``None`` or ``"imagenet"``)."""
     if value is None or value in BACKBONE_WEIGHTS and backbone in BACKBONE_WEIGHTS[value]:
         return value
-    raise ValueError(f"backbone_weights must be null (random init) or one of {sorted(BACKBONE_WEIGHTS)}, got {value!r}")
+    raise ConfigError(f"backbone_weights must be null (random init) or one of {sorted(BACKBONE_WEIGHTS)}, got {value!r}")
 
 
 def _cached_file(url: str) -> Path:

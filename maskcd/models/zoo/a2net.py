@@ -35,6 +35,7 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_loss, config_builder
 
@@ -57,7 +58,7 @@ class A2NetConfig(PreTrainedConfig):
 
     def __init__(self, width: int = 64, keep_unused_backbone_layers: bool = True, recipe: str = "ucd", **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"A2Net recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"A2Net recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.recipe = recipe
         self.width = width
         self.keep_unused_backbone_layers = keep_unused_backbone_layers

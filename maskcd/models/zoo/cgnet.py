@@ -25,6 +25,7 @@ from torch import nn
 from torchvision.models import vgg16_bn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_loss, config_builder
 
@@ -51,7 +52,7 @@ class CGNetConfig(PreTrainedConfig):
 
     def __init__(self, keep_unused_layers: bool = True, recipe: str = "ucd", **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"CGNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"CGNet recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.recipe = recipe
         self.keep_unused_layers = keep_unused_layers
         super().__init__(**kwargs)

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder, resize_labels
 
@@ -58,7 +59,7 @@ class ChangeFormerConfig(PreTrainedConfig):
                  drop_rate: float = 0.1, attn_drop_rate: float = 0.1, drop_path_rate: float = 0.1,
                  multi_pred_weights=(0.5, 0.5, 0.5, 0.8, 1.0), recipe: str = "ucd", **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"ChangeFormer recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"ChangeFormer recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.recipe = recipe
         self.embed_dims = list(embed_dims)
         self.depths = list(depths)
@@ -278,7 +279,7 @@ class ChangeFormer(ZooModel):
         preds = [*prediction.aux, prediction.logits]
         weights = self.config.multi_pred_weights
         if len(weights) != len(preds):
-            raise ValueError(f"multi_pred_weights needs {len(preds)} weights, got {len(weights)}")
+            raise ConfigError(f"multi_pred_weights needs {len(preds)} weights, got {len(weights)}")
         return sum(w * ce_loss(p, resize_labels(labels, p.shape[-2:])) for w, p in zip(weights, preds))
 
 

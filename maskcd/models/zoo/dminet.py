@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.models import resnet18
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -50,7 +51,7 @@ class DMINetConfig(PreTrainedConfig):
 
     def __init__(self, keep_unused_resnet_layers: bool = True, recipe: str = "ucd", **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"DMINet recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"DMINet recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.keep_unused_resnet_layers = keep_unused_resnet_layers
         self.recipe = recipe
         super().__init__(**kwargs)

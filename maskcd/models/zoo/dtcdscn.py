@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -52,7 +53,7 @@ class DTCDSCNConfig(PreTrainedConfig):
         self.layers = list(layers) if layers is not None else [3, 4, 6, 3]
         self.filters = list(filters) if filters is not None else [64, 128, 256, 512]
         if len(self.layers) != 4 or len(self.filters) != 4:
-            raise ValueError(f"DTCDSCN layers and filters must list 4 stages, got {self.layers}, {self.filters}")
+            raise ConfigError(f"DTCDSCN layers and filters must list 4 stages, got {self.layers}, {self.filters}")
         self.se_reduction = se_reduction
         self.keep_semantic_branch = keep_semantic_branch
         super().__init__(**kwargs)

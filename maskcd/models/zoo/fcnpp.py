@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, bce_loss, config_builder
 
@@ -49,7 +50,7 @@ class FCNPPConfig(PreTrainedConfig):
                  fix_crop: bool = False, **kwargs):
         self.widths = list(widths) if widths is not None else [64, 128, 256, 512]
         if len(self.widths) != 4:
-            raise ValueError(f"FCNPP widths must list 4 levels, got {self.widths}")
+            raise ConfigError(f"FCNPP widths must list 4 levels, got {self.widths}")
         self.aspp_dilations = list(aspp_dilations) if aspp_dilations is not None else [6, 12, 18]
         self.dropout = dropout
         self.fix_crop = fix_crop

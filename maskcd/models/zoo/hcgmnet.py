@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ConvBNReLU, ZooModel, ZooPrediction, bce_loss, config_builder
 from maskcd.models.zoo.cgnet import ChangeGuideModule, VGGChangeGuideMixin, vgg16_bn_stages
@@ -38,7 +39,7 @@ class HCGMNetConfig(PreTrainedConfig):
 
     def __init__(self, recipe: str = "ucd", **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"HCGMNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"HCGMNet recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.recipe = recipe
         super().__init__(**kwargs)
 

@@ -47,6 +47,7 @@ from torchvision.models import resnet18
 from torchvision.ops import StochasticDepth
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -74,9 +75,9 @@ class ICIFNetConfig(PreTrainedConfig):
         self.pvt_embed_dims = list(pvt_embed_dims) if pvt_embed_dims is not None else [64, 128, 320, 512]
         self.pvt_depths = list(pvt_depths) if pvt_depths is not None else [2, 2, 2, 2]
         if len(self.pvt_embed_dims) != 4 or len(self.pvt_depths) != 4 or self.pvt_embed_dims[:2] != [64, 128]:
-            raise ValueError(f"ICIFNet PVT: 4 stages starting with widths 64, 128, got {self.pvt_embed_dims}")
+            raise ConfigError(f"ICIFNet PVT: 4 stages starting with widths 64, 128, got {self.pvt_embed_dims}")
         if recipe not in RECIPES:
-            raise ValueError(f"ICIFNet recipe must be one of {RECIPES}, got {recipe!r}")
+            raise ConfigError(f"ICIFNet recipe must be one of {RECIPES}, got {recipe!r}")
         self.drop_rate = drop_rate
         self.drop_path_rate = drop_path_rate
         self.recipe = recipe

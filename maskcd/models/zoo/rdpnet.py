@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -45,7 +46,7 @@ class RDPNetConfig(PreTrainedConfig):
     def __init__(self, hidden_dim: int = 384, branch_dim: int = 32, depth: int = 6, patch_size: int = 8,
                  kernel_size: int = 9, **kwargs):
         if kernel_size % 2 != 1:
-            raise ValueError(f"RDPNet kernel_size must be odd (same-size depth-wise conv), got {kernel_size}")
+            raise ConfigError(f"RDPNet kernel_size must be odd (same-size depth-wise conv), got {kernel_size}")
         self.hidden_dim = hidden_dim
         self.branch_dim = branch_dim
         self.depth = depth

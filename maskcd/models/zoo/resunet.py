@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -60,7 +61,7 @@ class ResUNet(ZooModel):
         super().__init__(config)
         f = config.filters
         if len(f) != 5:
-            raise ValueError(f"ResUNet needs 5 filter widths (4 levels + bridge), got {f}")
+            raise ConfigError(f"ResUNet needs 5 filter widths (4 levels + bridge), got {f}")
         self.input_layer = nn.Sequential(
             nn.Conv2d(self.num_bands, f[0], 3, padding=1), nn.BatchNorm2d(f[0]), nn.ReLU(),
             nn.Conv2d(f[0], f[0], 3, padding=1),

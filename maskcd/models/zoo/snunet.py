@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder, dice_loss
 
@@ -43,7 +44,7 @@ class SNUNetConfig(PreTrainedConfig):
     def __init__(self, base_width: int = 32, ca_ratio: int = 16, ca_max_pool: bool = False, recipe: str = "ucd",
                  **kwargs):
         if recipe not in ("ucd", "authors"):
-            raise ValueError(f"SNUNet recipe must be 'ucd' or 'authors', got {recipe!r}")
+            raise ConfigError(f"SNUNet recipe must be 'ucd' or 'authors', got {recipe!r}")
         self.recipe = recipe
         self.base_width = base_width
         self.ca_ratio = ca_ratio

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, ce_loss, config_builder
 
@@ -320,7 +321,7 @@ class SwinSUNet(ZooModel):
         dim, ws, mr = config.embed_dim, config.window_size, config.mlp_ratio
         depths, n = config.depths, len(config.depths)
         if n != 4 or len(config.up_depths) != 3:
-            raise ValueError("SwinSUNet needs 4 encoder stages (depths) and 3 decoder stages (up_depths)")
+            raise ConfigError("SwinSUNet needs 4 encoder stages (depths) and 3 decoder stages (up_depths)")
         rates = torch.linspace(0, config.drop_path_rate, sum(depths), device="cpu").tolist()
         base = config.img_size // 4
         self.patch_embed = PatchEmbed(self.num_bands, dim)

@@ -20,6 +20,7 @@ from torch import nn
 from torchvision.models import efficientnet_b4
 from transformers import PreTrainedConfig
 
+from maskcd.errors import ConfigError
 from maskcd.models.registry import register_architecture
 from maskcd.models.zoo._common import ZooModel, ZooPrediction, bce_loss, config_builder
 
@@ -35,7 +36,7 @@ class TinyCDConfig(PreTrainedConfig):
 
     def __init__(self, backbone_stages: int = 4, **kwargs):
         if backbone_stages != 4:
-            raise ValueError("TinyCD is defined for the first 4 EfficientNet-B4 stages (backbone_stages: 4)")
+            raise ConfigError("TinyCD is defined for the first 4 EfficientNet-B4 stages (backbone_stages: 4)")
         self.backbone_stages = backbone_stages
         super().__init__(**kwargs)
 
