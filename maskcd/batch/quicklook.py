@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
+from maskcd.contract import NODATA
+
 OVERLAY_RGB = (255, 32, 32)
 OVERLAY_ALPHA = 0.6
 GAP = 4
@@ -71,7 +73,7 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     hit = mask == 1
     for c in range(3):
         out[c][hit] = out[c][hit] * (1 - OVERLAY_ALPHA) + OVERLAY_RGB[c] * OVERLAY_ALPHA
-    out[:, mask == 255] = 0
+    out[:, mask == NODATA] = 0
     return out.astype(np.uint8)
 
 

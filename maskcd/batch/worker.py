@@ -26,6 +26,7 @@ from pathlib import Path
 
 from maskcd.batch.catalog import SiteJob
 from maskcd.batch.manifest import MANIFEST_NAME, file_fingerprint, write_manifest
+from maskcd.contract import NODATA
 from maskcd.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def _footprint(mask_path: Path, max_size: int = 256) -> tuple[str | None, str | 
         data = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
         transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
         crs = src.crs.to_string() if src.crs else None
-    valid = (data != 255).astype(np.uint8)
+    valid = (data != NODATA).astype(np.uint8)
     geoms = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid.astype(bool), transform=transform) if v]
     if not geoms:
         return None, crs
