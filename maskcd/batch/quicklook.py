@@ -7,7 +7,6 @@ files through a full-resolution :class:`rasterio.vrt.WarpedVRT` onto the mask gr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
 from maskcd.contract import NODATA
+from maskcd.io.atomic import atomic_write
 
 OVERLAY_RGB = (255, 32, 32)
 OVERLAY_ALPHA = 0.6
@@ -111,7 +111,6 @@ def write_quicklook(rows: list[dict], out_path: str | Path, *, bands: list[int] 
             x += img.shape[2] + GAP
         y += images[0].shape[1] + title_h + GAP
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    with atomic_write(out_path, overwrite=True) as tmp:
+        canvas.save(tmp, format="PNG")
     return out_path

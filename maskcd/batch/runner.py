@@ -33,6 +33,7 @@ from maskcd.batch.manifest import is_up_to_date, model_fingerprint, site_key
 from maskcd.batch.stac import is_stac, read_stac, write_results_catalog, write_stacks
 from maskcd.batch.worker import GPKG_NAME, REPORT_NAME, process_site
 from maskcd.errors import InputError
+from maskcd.io.atomic import atomic_write
 from maskcd.inference.options import MapOptions
 
 logger = logging.getLogger(__name__)
@@ -299,14 +300,12 @@ def _read_report(site_dir: Path) -> dict:
 
 def write_failures(path: Path, sites: list[dict]) -> Path:
     """Write ``failures.csv`` (``site_id, error``) atomically; a header only when nothing failed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["site_id", "error"])
         for site in sites:
             if site["status"] == "failed":
                 writer.writerow([site["site_id"], site.get("error", "")])
-    os.replace(tmp, path)
     return path
 
 
@@ -334,7 +333,7 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
     import pyogrio
     import shapely
 
-    from maskcd.vectorization import add_layer_to_gpkg, write_changes_gpkg
+    from maskcd.vectorization import ChangesGpkgWriter, add_layer_to_gpkg
 
     done = [s for s in sites if s["status"] in ("mapped", "skipped")]
     if not done:
@@ -386,12 +385,13 @@ def write_merged(outdir: Path, jobs: list[SiteJob], sites: list[dict], options: 
         "sites": ",".join(s["site_id"] for s in sites),
     }
     final = outdir / MERGED_NAME
-    tmp = outdir / f".{MERGED_NAME}.tmp-{os.getpid()}.gpkg"
-    tmp.unlink(missing_ok=True)
-    write_changes_gpkg(polygons, tmp, layer=MERGED_LAYER, metadata=metadata, overwrite=True)
-    add_layer_to_gpkg(tmp, sites_gdf, layer=SITES_LAYER, style=None, geometry_type="MultiPolygon",
-                      metadata={"description": "one row per catalog site: valid-data footprint and totals"})
-    os.replace(tmp, final)
+    with atomic_write(final, overwrite=True) as tmp:
+        writer = ChangesGpkgWriter(tmp, layer=MERGED_LAYER)
+        writer.append(polygons)
+        writer.close(metadata)
+        add_layer_to_gpkg(tmp, sites_gdf, layer=SITES_LAYER, style=None, geometry_type="MultiPolygon",
+                          metadata={"description": "one row per catalog site: valid-data footprint and totals"},
+                          atomic=False)
     return final
 
 

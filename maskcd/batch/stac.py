@@ -38,6 +38,7 @@ import pandas as pd
 
 from maskcd.batch.catalog import SiteJob, _check_site_id, series_pairs
 from maskcd.errors import InputError
+from maskcd.io.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -392,9 +393,7 @@ def write_stack_vrt(sources: list[str], out: str | Path) -> Path:
     if out.is_file() and out.read_text() == text:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     return out
 
 
@@ -410,9 +409,7 @@ def _atomic_stac_io():
         def write_text_to_href(self, href, txt):  # noqa: D102 - pystac API
             path = Path(href)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(txt, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, txt)
 
     return AtomicStacIO()
 
