@@ -91,7 +91,9 @@ class StagedOutputs:
             check_target(target, overwrite)
         for tmp, target in zip(self.paths, self.targets, strict=True):
             if tmp.is_dir() and not tmp.is_symlink() and target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)  # os.replace cannot replace a non-empty folder
+                # os.replace cannot replace a non-empty folder: move the old one aside (a name derived from the
+                # temporary, so that it is removed with it), then rename
+                os.replace(target, tmp.with_name(f"{tmp.name}.old"))
             os.replace(tmp, target)
 
     def remove(self) -> None:
