@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from maskcd.errors import InputError
+from maskcd.io.atomic import write_text_atomic
 from maskcd.models.reference import sha256_file  # noqa: F401  (part of this module's interface)
 
 MANIFEST_NAME = "manifest.json"
@@ -131,14 +132,7 @@ def write_manifest(site_dir: str | Path, key: dict, inputs: list[dict], outputs:
     site_dir = Path(site_dir)
     data = {**_normalise(key), "inputs": inputs, "outputs": sorted(outputs),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = site_dir / f".{MANIFEST_NAME}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    final = site_dir / MANIFEST_NAME
-    os.replace(tmp, final)
-    return final
+    return write_text_atomic(site_dir / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True), fsync=True)
 
 
 def is_up_to_date(site_dir: str | Path, key: dict) -> tuple[bool, str]:

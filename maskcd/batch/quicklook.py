@@ -7,7 +7,6 @@ files through a full-resolution :class:`rasterio.vrt.WarpedVRT` onto the mask gr
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,9 @@ import rasterio
 from PIL import Image, ImageDraw
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
+
+from maskcd.contract import NODATA
+from maskcd.io.atomic import atomic_write
 
 OVERLAY_RGB = (255, 32, 32)
 OVERLAY_ALPHA = 0.6
@@ -71,7 +73,7 @@ def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     hit = mask == 1
     for c in range(3):
         out[c][hit] = out[c][hit] * (1 - OVERLAY_ALPHA) + OVERLAY_RGB[c] * OVERLAY_ALPHA
-    out[:, mask == 255] = 0
+    out[:, mask == NODATA] = 0
     return out.astype(np.uint8)
 
 
@@ -109,7 +111,6 @@ def write_quicklook(rows: list[dict], out_path: str | Path, *, bands: list[int] 
             x += img.shape[2] + GAP
         y += images[0].shape[1] + title_h + GAP
     out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    canvas.save(tmp, format="PNG")
-    os.replace(tmp, out_path)
+    with atomic_write(out_path, overwrite=True) as tmp:
+        canvas.save(tmp, format="PNG")
     return out_path

@@ -37,7 +37,9 @@ from urllib.parse import unquote, urlparse
 import pandas as pd
 
 from maskcd.batch.catalog import SiteJob, _check_site_id, series_pairs
+from maskcd.batch.report import PairReport, SiteReport
 from maskcd.errors import InputError
+from maskcd.io.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -392,9 +394,7 @@ def write_stack_vrt(sources: list[str], out: str | Path) -> Path:
     if out.is_file() and out.read_text() == text:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    write_text_atomic(out, text)
     return out
 
 
@@ -410,31 +410,29 @@ def _atomic_stac_io():
         def write_text_to_href(self, href, txt):  # noqa: D102 - pystac API
             path = Path(href)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(txt, encoding="utf-8")
-            os.replace(tmp, path)
+            write_text_atomic(path, txt)
 
     return AtomicStacIO()
 
 
-def _footprint_4326(report: dict):
+def _footprint_4326(report: SiteReport):
     import geopandas as gpd
     import shapely
 
-    if not report.get("footprint_wkt") or not report.get("footprint_crs"):
+    if not report.footprint_wkt or not report.footprint_crs:
         return None
-    geom = shapely.from_wkt(report["footprint_wkt"])
-    return gpd.GeoSeries([geom], crs=report["footprint_crs"]).to_crs("EPSG:4326").iloc[0]
+    geom = shapely.from_wkt(report.footprint_wkt)
+    return gpd.GeoSeries([geom], crs=report.footprint_crs).to_crs("EPSG:4326").iloc[0]
 
 
-def _coregistration(site_dir: Path, report: dict) -> list[dict]:
+def _coregistration(site_dir: Path, report: SiteReport) -> list[dict]:
     from maskcd.vectorization import read_run_metadata
 
     figures = []
-    for pair in report.get("pairs", []):
-        entry = {"layer": pair["layer"], "shift_px": pair.get("shift_px")}
+    for pair in report.pairs:
+        entry = {"layer": pair.layer, "shift_px": pair.shift_px}
         try:
-            meta = read_run_metadata(site_dir / "changes.gpkg", layer=pair["layer"])
+            meta = read_run_metadata(site_dir / "changes.gpkg", layer=pair.layer)
         except Exception:  # an older GeoPackage without run_metadata: the report's shift is what we have
             meta = {}
         if isinstance(meta.get("coregistration"), dict):
@@ -443,16 +441,16 @@ def _coregistration(site_dir: Path, report: dict) -> list[dict]:
     return figures
 
 
-def site_item(outdir: Path, report: dict, options: dict, model_fp: dict, sources: list[str] | None = None):
+def site_item(outdir: Path, report: SiteReport, options: dict, model_fp: dict, sources: list[str] | None = None):
     """The STAC Item of one finished site (assets with absolute hrefs; :func:`write_results_catalog` relativises)."""
     import datetime as dt
 
     import pystac
     import shapely
 
-    site_dir = outdir / report["site_id"]
+    site_dir = outdir / report.site_id
     geom = _footprint_4326(report)
-    first, last = report.get("first_date"), report.get("last_date")
+    first, last = report.first_date, report.last_date
 
     def when(day):
         return dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc) if day else None
@@ -462,21 +460,21 @@ def site_item(outdir: Path, report: dict, options: dict, model_fp: dict, sources
         "maskcd:model": model_fp["id"],
         "maskcd:model_sha256": model_fp["sha256"],
         "maskcd:options": options,
-        "maskcd:n_pairs": report.get("n_pairs"),
-        "maskcd:n_polygons": report.get("n_polygons"),
-        "maskcd:changed_km2": report.get("changed_km2"),
-        "maskcd:valid_km2": report.get("valid_km2"),
-        "maskcd:max_shift_px": report.get("max_shift_px"),
+        "maskcd:n_pairs": report.n_pairs,
+        "maskcd:n_polygons": report.n_polygons,
+        "maskcd:changed_km2": report.changed_km2,
+        "maskcd:valid_km2": report.valid_km2,
+        "maskcd:max_shift_px": report.max_shift_px,
         "maskcd:layers": [
-            {k: p.get(k) for k in ("layer", "before_date", "after_date", "n_polygons", "changed_km2", "run_id")}
-            for p in report.get("pairs", [])
+            {k: getattr(p, k) for k in ("layer", "before_date", "after_date", "n_polygons", "changed_km2", "run_id")}
+            for p in report.pairs
         ],
         "maskcd:coregistration": _coregistration(site_dir, report),
     }
     if start and end and start != end:
         props.update(start_datetime=start.isoformat(), end_datetime=end.isoformat())
     item = pystac.Item(
-        id=report["site_id"],
+        id=report.site_id,
         geometry=shapely.geometry.mapping(geom) if geom is not None else None,
         bbox=list(geom.bounds) if geom is not None else None,
         datetime=end or start or dt.datetime.now(dt.timezone.utc),
@@ -484,12 +482,12 @@ def site_item(outdir: Path, report: dict, options: dict, model_fp: dict, sources
     )
     item.add_asset("changes", pystac.Asset(str(site_dir / "changes.gpkg"), title="change polygons (styled layers)",
                                            media_type=MEDIA_GPKG, roles=["data"]))
-    for pair in report.get("pairs", []):
-        stem = _pair_stem(pair, len(report["pairs"]))
+    for pair in report.pairs:
+        stem = _pair_stem(pair, len(report.pairs))
         for kind, title in (("prob", "change probability (0-254, 255 nodata)"), ("mask", "change mask (0/1)")):
             name = f"change_{kind}{stem}.tif"
             item.add_asset(f"change_{kind}{stem}", pystac.Asset(
-                str(site_dir / name), title=f"{title} {pair.get('before_date') or ''} -> {pair.get('after_date') or ''}",
+                str(site_dir / name), title=f"{title} {pair.before_date or ''} -> {pair.after_date or ''}",
                 media_type=pystac.MediaType.COG, roles=["data"]))
     item.add_asset("quicklook", pystac.Asset(str(site_dir / "quicklook.png"), title="before | after | overlay",
                                              media_type=pystac.MediaType.PNG, roles=["overview"]))
@@ -500,15 +498,15 @@ def site_item(outdir: Path, report: dict, options: dict, model_fp: dict, sources
     return item
 
 
-def _pair_stem(pair: dict, n_pairs: int) -> str:
+def _pair_stem(pair: PairReport, n_pairs: int) -> str:
     """The raster-name suffix of a pair: ``""`` for a one-pair site, else the layer name's ``_<before>_<after>``."""
     if n_pairs == 1:
         return ""
-    match = re.search(r"(_[^_]+_[^_]+)$", pair["layer"])
+    match = re.search(r"(_[^_]+_[^_]+)$", pair.layer)
     return match.group(1) if match else ""
 
 
-def write_results_catalog(outdir: str | Path, sites: list[dict], options: dict, model_fp: dict,
+def write_results_catalog(outdir: str | Path, sites: list[SiteReport], options: dict, model_fp: dict,
                           sources: dict[str, list[str]] | None = None) -> Path | None:
     """Write ``OUTDIR/catalog.json`` with one Item per finished site (``mapped`` or ``skipped``).
 
@@ -520,16 +518,16 @@ def write_results_catalog(outdir: str | Path, sites: list[dict], options: dict, 
     import pystac
 
     outdir = Path(outdir).resolve()
-    done = [s for s in sites if s["status"] in ("mapped", "skipped")]
+    done = [s for s in sites if s.has_outputs]
     for s in sites:
-        if s["status"] == "failed":
-            (outdir / s["site_id"] / f"{s['site_id']}.json").unlink(missing_ok=True)
+        if s.failed:
+            (outdir / s.site_id / f"{s.site_id}.json").unlink(missing_ok=True)
     if not done:
         return None
     catalog = pystac.Catalog(id="maskcd-results", description=f"maskcd-batch change maps of {len(done)} site(s), "
                              f"model {model_fp['id']}", title="maskcd change maps")
     for report in done:
-        catalog.add_item(site_item(outdir, report, options, model_fp, (sources or {}).get(report["site_id"])))
+        catalog.add_item(site_item(outdir, report, options, model_fp, (sources or {}).get(report.site_id)))
     catalog.normalize_hrefs(str(outdir))  # items at OUTDIR/<site_id>/<site_id>.json, beside their outputs
     catalog.make_all_asset_hrefs_relative()
     catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED, stac_io=_atomic_stac_io())

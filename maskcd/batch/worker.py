@@ -11,7 +11,6 @@ starts, so a site killed half-way never looks finished; stale ``.tmp-*`` folders
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -26,11 +25,13 @@ from pathlib import Path
 
 from maskcd.batch.catalog import SiteJob
 from maskcd.batch.manifest import MANIFEST_NAME, file_fingerprint, write_manifest
+from maskcd.batch.report import PairReport, SiteReport, coreg_summary
+from maskcd.batch.summary import REPORT_NAME, write_report
+from maskcd.contract import NODATA
 from maskcd.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "report.json"
 QUICKLOOK_NAME = "quicklook.png"
 GPKG_NAME = "changes.gpkg"
 TMP_PREFIX = ".tmp-"
@@ -120,7 +121,7 @@ def _footprint(mask_path: Path, max_size: int = 256) -> tuple[str | None, str | 
         data = src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
         transform = src.transform @ src.transform.scale(src.width / width, src.height / height)
         crs = src.crs.to_string() if src.crs else None
-    valid = (data != 255).astype(np.uint8)
+    valid = (data != NODATA).astype(np.uint8)
     geoms = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid.astype(bool), transform=transform) if v]
     if not geoms:
         return None, crs
@@ -145,22 +146,7 @@ def _combine_gpkgs(pair_gpkgs: list[tuple[Path, str]], out: Path) -> None:
                           geometry_type="MultiPolygon")
 
 
-def _coreg_summary(pairs_report: list[dict]) -> dict:
-    """Site-level co-registration figures (for ``report.json`` and the ``sites`` layer): those of the pair with the
-    largest estimated shift, whether any pair was corrected, and the lowest reliability."""
-    cos = [p["coregistration"] for p in pairs_report if p.get("coregistration")]
-    if not cos:
-        return {}
-    worst = max(cos, key=lambda c: abs(c.get("dx_px") or 0.0) + abs(c.get("dy_px") or 0.0))
-    rel = [c["reliability"] for c in cos if c.get("reliability") is not None]
-    return {
-        "coreg_mode": worst.get("mode"), "coreg_applied": any(bool(c.get("applied")) for c in cos),
-        "coreg_dx_px": worst.get("dx_px"), "coreg_dy_px": worst.get("dy_px"),
-        "coreg_reliability": min(rel) if rel else None, "coreg_rmse_px": worst.get("rmse_px"),
-    }
-
-
-def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None) -> dict:
+def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=None) -> SiteReport:
     """Map every pair of one site into ``OUTDIR/<site_id>/``; never raises.
 
     Args:
@@ -171,8 +157,8 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
         map_fn: The scene mapper, :func:`maskcd.inference.map_scene` by default (same signature).
 
     Returns:
-        The site report (``report.json`` contents) with ``status`` ``"mapped"``, or ``{"site_id", "status":
-        "failed", "error", "traceback"}``.
+        The :class:`~maskcd.batch.report.SiteReport` (``report.json``) with ``status`` ``"mapped"``, or a failed one
+        with ``error`` and ``traceback``.
     """
     t_start = time.perf_counter()
     site_dir = Path(outdir) / job.site_id
@@ -189,16 +175,11 @@ def process_site(job: SiteJob, outdir: str, options: dict, key: dict, map_fn=Non
     except Exception as err:  # failure isolation: any error of one site is reported, the run goes on
         shutil.rmtree(tmp, ignore_errors=True)
         message = f"{type(err).__name__}: {err}".splitlines()[0] if str(err) else type(err).__name__
-        return {
-            "site_id": job.site_id,
-            "status": "failed",
-            "error": message,
-            "traceback": traceback.format_exc(),
-            "seconds": round(time.perf_counter() - t_start, 3),
-        }
+        return SiteReport.failure(job.site_id, message, traceback=traceback.format_exc(),
+                                  seconds=round(time.perf_counter() - t_start, 3))
 
 
-def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
+def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> SiteReport:
     from maskcd.inference.options import MapOptions
 
     if map_fn is None:
@@ -232,17 +213,17 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
         seconds = time.perf_counter() - t0
         pair_gpkgs.append((Path(result.gpkg), pair.layer))
         outputs += [pair.prob_name, pair.mask_name]
-        pairs_report.append({
-            "layer": pair.layer, "before": pair.before, "after": pair.after, "before_date": pair.before_date,
-            "after_date": pair.after_date, "n_polygons": int(result.n_polygons),
-            "changed_km2": float(result.changed_km2), "valid_km2": float(result.valid_km2),
-            "n_pixels": int(result.n_pixels), "shift_px": [float(v) for v in result.shift_px],
+        pairs_report.append(PairReport(
+            layer=pair.layer, before=pair.before, after=pair.after, before_date=pair.before_date,
+            after_date=pair.after_date, n_polygons=int(result.n_polygons),
+            changed_km2=float(result.changed_km2), valid_km2=float(result.valid_km2),
+            n_pixels=int(result.n_pixels), shift_px=[float(v) for v in result.shift_px],
             # without its stage time (in "timings"), so that reruns give identical reports
-            "coregistration": {k: v for k, v in (getattr(result, "coregistration", None) or {}).items()
-                               if k != "seconds"},
-            "run_id": result.run_id, "seconds": round(seconds, 3),
-            "timings": {k: round(float(v), 4) for k, v in (result.timings or {}).items()},
-        })
+            coregistration={k: v for k, v in (getattr(result, "coregistration", None) or {}).items()
+                            if k != "seconds"},
+            run_id=result.run_id, seconds=round(seconds, 3),
+            timings={k: round(float(v), 4) for k, v in (result.timings or {}).items()},
+        ))
         timings[f"map:{pair.layer}"] = seconds
 
     t0 = time.perf_counter()
@@ -260,33 +241,32 @@ def _run_site(job, site_dir, tmp, options, key, map_fn, t_start) -> dict:
     timings["quicklook"] = time.perf_counter() - t0
 
     footprint, footprint_crs = _footprint(tmp / job.pairs[-1].mask_name)
-    shifts = [max(abs(v) for v in p["shift_px"]) for p in pairs_report]
+    shifts = [max(abs(v) for v in p.shift_px) for p in pairs_report]
     timings["total"] = time.perf_counter() - t_start
-    report = {
-        "site_id": job.site_id,
-        "status": "mapped",
-        "n_pairs": len(job.pairs),
-        "layers": [p.layer for p in job.pairs],
-        "first_date": job.pairs[0].before_date,
-        "last_date": job.pairs[-1].after_date,
-        "n_polygons": sum(p["n_polygons"] for p in pairs_report),
-        "changed_km2": sum(p["changed_km2"] for p in pairs_report),
-        "valid_km2": max((p["valid_km2"] for p in pairs_report), default=0.0),
-        "n_pixels": sum(p["n_pixels"] for p in pairs_report),
-        "max_shift_px": max(shifts, default=0.0),
-        **_coreg_summary(pairs_report),
-        "pairs": pairs_report,
-        "footprint_wkt": footprint,
-        "footprint_crs": footprint_crs,
-        "model": key["model"],
-        "device": device,
-        "model_cached": model_cached,
-        "worker_pid": os.getpid(),
-        "timings": {k: round(v, 4) for k, v in timings.items()},
-        "seconds": round(timings["total"], 3),
-    }
-    with open(tmp / REPORT_NAME, "w") as f:
-        json.dump(report, f, indent=2)
+    report = SiteReport(
+        site_id=job.site_id,
+        status="mapped",
+        n_pairs=len(job.pairs),
+        layers=[p.layer for p in job.pairs],
+        first_date=job.pairs[0].before_date,
+        last_date=job.pairs[-1].after_date,
+        n_polygons=sum(p.n_polygons for p in pairs_report),
+        changed_km2=sum(p.changed_km2 for p in pairs_report),
+        valid_km2=max((p.valid_km2 for p in pairs_report), default=0.0),
+        n_pixels=sum(p.n_pixels for p in pairs_report),
+        max_shift_px=max(shifts, default=0.0),
+        **coreg_summary(pairs_report),
+        pairs=pairs_report,
+        footprint_wkt=footprint,
+        footprint_crs=footprint_crs,
+        model=key["model"],
+        device=device,
+        model_cached=model_cached,
+        worker_pid=os.getpid(),
+        timings={k: round(v, 4) for k, v in timings.items()},
+        seconds=round(timings["total"], 3),
+    )
+    write_report(report, tmp / REPORT_NAME)
     outputs.append(REPORT_NAME)
 
     for name in outputs:

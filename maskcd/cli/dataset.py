@@ -8,13 +8,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from maskcd.cli import one_line_errors
-from maskcd.errors import InputError, OutputExistsError
+from maskcd.errors import InputError
+from maskcd.io.atomic import atomic_write, check_target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,18 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def save_dataset_dict(dsd, output: Path, overwrite: bool) -> None:
     """``save_to_disk`` into a temporary sibling folder, then rename (nothing half-written on failure)."""
-    if output.exists() and not overwrite:
-        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
+    check_target(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_write(output, overwrite=overwrite) as tmp:
         dsd.save_to_disk(str(tmp))
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @one_line_errors("maskcd-dataset")
@@ -60,8 +50,7 @@ def main(argv=None) -> int:
         if not 0 <= getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be in [0, 1)")
     output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise OutputExistsError(f"{output} exists: pass --overwrite to replace it")
+    check_target(output, args.overwrite)
     if args.kind == "folders":
         from maskcd.data.builder import build_from_folders
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from maskcd.cli import one_line_errors
+from maskcd.io.atomic import write_text_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +75,7 @@ def main(argv=None) -> int:
         else:
             out = Path("metrics.json")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, out)
+        write_text_atomic(out, json.dumps(metrics, indent=2))
         print(format_table(metrics))
         print(f"metrics written to {out}")
     accelerator.wait_for_everyone()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskcd.contract import IGNORE_INDEX
 from maskcd.data.scenes import SPLITS, assign_splits, open_sites, read_catalog
 from maskcd.errors import InputError
 
@@ -118,7 +119,7 @@ def build_from_scenes(catalog: str | Path, tile: int = 256, stride: int | None =
         for q in data.grid_queries(tile, stride or tile):
             sample = data.read(q)
             label = sample["label"].numpy()
-            if (label == 255).mean() > 0.5:
+            if (label == IGNORE_INDEX).mean() > 0.5:
                 continue
             imgs = []
             for key in ("image_a", "image_b"):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from maskcd.contract import IGNORE_INDEX
 from maskcd.data.augment import paired_geometric, radiometric_jitter
 from maskcd.errors import InputError
 
@@ -51,7 +52,7 @@ class SceneSite:
     aoi: Path | None = None
     split: str | None = None
     change_value: int = 1
-    ignore_value: int | None = 255
+    ignore_value: int | None = IGNORE_INDEX
 
     def __post_init__(self):
         if (self.label is None) == (self.labels is None):
@@ -203,7 +204,7 @@ class SiteData:
         label = torch.zeros_like(raw)
         label[raw == self.site.change_value] = 1
         if self.site.ignore_value is not None and self.site.ignore_value != self.site.change_value:
-            label[raw == self.site.ignore_value] = 255
+            label[raw == self.site.ignore_value] = IGNORE_INDEX
         if self.site.labels is not None:  # polygons: every geometry is change
             label = (raw > 0).long()
         return {"image_a": a, "image_b": b, "label": label}

@@ -302,8 +302,9 @@ def render_pair(rng: np.random.Generator, size: int, cfg: SyntheticConfig | None
 def _write(path: Path, array: np.ndarray, transform, crs: str, tags: dict, nodata=None) -> None:
     import rasterio
 
+    from maskcd.io.atomic import atomic_write
+
     array = array if array.ndim == 3 else array[None]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
                    dtype=array.dtype, crs=crs, transform=transform, tiled=True, blockxsize=256, blockysize=256,
                    compress="deflate")
@@ -311,12 +312,11 @@ def _write(path: Path, array: np.ndarray, transform, crs: str, tags: dict, nodat
         profile["photometric"] = "RGB"
     if nodata is not None:
         profile["nodata"] = nodata
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_write(path, overwrite=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(array)
         dst.update_tags(**tags)
         if array.shape[0] == 3:
             dst.descriptions = ("red", "green", "blue")
-    os.replace(tmp, path)
 
 
 def make_scene_pair(

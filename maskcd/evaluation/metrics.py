@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-IGNORE_INDEX = 255
+from maskcd.contract import IGNORE_INDEX
 
 PIXEL_KEYS = ("tp", "fp", "fn", "tn")
 OBJECT_KEYS = ("obj_tp_pred", "obj_pred", "obj_tp_true", "obj_true")

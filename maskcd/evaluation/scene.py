@@ -15,10 +15,10 @@ import numpy as np
 import rasterio
 import torch
 
+from maskcd.contract import IGNORE_INDEX, NODATA, uint8_to_prob
 from maskcd.errors import InputError
 from maskcd.evaluation.metrics import ChangeMetrics
 from maskcd.io.open import open_raster
-from maskcd.models.base import IGNORE_INDEX
 
 
 def score_mask(mask_path: str | os.PathLike, truth_path: str | os.PathLike, *, objects: bool = False) -> dict:
@@ -35,7 +35,7 @@ def score_mask(mask_path: str | os.PathLike, truth_path: str | os.PathLike, *, o
         windows = [None] if objects else [w for _, w in m.block_windows(1)]
         for window in windows:
             pred, true = m.read(1, window=window), t.read(1, window=window)
-            target = np.where(pred == 255, IGNORE_INDEX, true).astype(np.int64)
+            target = np.where(pred == NODATA, IGNORE_INDEX, true).astype(np.int64)
             metrics.update(torch.from_numpy(pred.astype(np.int64)), torch.from_numpy(target))
     return metrics.compute()
 
@@ -57,5 +57,5 @@ def evaluate_scene(model, before, after, truth, threshold: float = 0.5, overlap:
         metrics = score_mask(mask_path, truth, objects=True)
         with rasterio.open(prob_path) as src:
             raw = src.read(1)
-    prob = np.where(raw == 255, np.nan, raw / np.float32(254)).astype(np.float32)
+    prob = uint8_to_prob(raw)
     return metrics, prob

@@ -2,9 +2,12 @@
 
 * Every ``map_scene`` run holds a lock file ``.maskcd-map.<run_id>.lock`` (its pid and run id, under an exclusive
   ``flock``) in each folder it writes to. The kernel drops the ``flock`` when the run dies, even by SIGKILL.
-* Before writing, a run sweeps its output folders (:func:`sweep_dead_runs`): the hidden tile stores
-  (``..NAME.tif.<run_id>.tif.maskcd-tiles``) and temporary files of runs whose lock is no longer held are removed.
-  Temporaries that name no run (a GeoPackage being written) are removed only when no live run holds a lock there.
+* Before writing, a run sweeps its output folders (:func:`sweep_dead_runs`): the temporaries of runs whose lock is
+  no longer held are removed, i.e. the outputs reserved by :func:`maskcd.io.atomic.atomic_outputs`
+  (``.NAME.<run_id>.tmp.EXT``, tagged with the run id) and everything named after them, such as the hidden tile store
+  ``..NAME.tif.<run_id>.tmp.tif.maskcd-tiles``. Temporaries that name no known run (a file written by
+  :func:`~maskcd.io.atomic.atomic_write` outside a run, a tile store of ``map_rasters``) are removed only when no
+  live run holds a lock there.
 * Reader processes exit within about a second of their parent's death: DataLoader workers call
   :func:`die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a thread
   that watches ``os.getppid()``, which also ends a worker blocked on a full queue). Dask worker processes of
@@ -24,17 +27,16 @@ import sys
 import threading
 from pathlib import Path
 
+from maskcd.io.atomic import TEMP_RE, remove_path
+
 logger = logging.getLogger(__name__)
 
 LOCK_PREFIX = ".maskcd-map."
 LOCK_SUFFIX = ".lock"
 _LOCK_RE = re.compile(rf"^{re.escape(LOCK_PREFIX)}([0-9a-f]+){re.escape(LOCK_SUFFIX)}$")
-# hidden temporaries a run writes beside its outputs (see pipeline.map_scene / map_rasters, stitch, gpkg)
-_TEMP_RES = (
-    re.compile(r"^\..+\.[0-9a-f]{12}\.tif($|\.)"),  # .NAME.tif.<run>.tif and every name derived from it
-    re.compile(r"^\..+\.maskcd-tiles$"),  # tile store folders
-    re.compile(r"^\..+\.[0-9a-f]{8}\.tmp\.gpkg(-journal|-wal|-shm)?$"),  # GeoPackage being written
-)
+# hidden temporaries a run writes beside its outputs: those of maskcd.io.atomic (and every name derived from one) and
+# the tile store folders of map_rasters
+_TEMP_RES = (TEMP_RE, re.compile(r"^\..+\.maskcd-tiles$"))
 WATCH_INTERVAL_S = 0.5
 
 
@@ -69,14 +71,6 @@ def _lock_held(path: Path) -> bool:
         os.close(fd)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 def sweep_dead_runs(folder: str | os.PathLike) -> list[Path]:
     """Remove what dead ``maskcd-map`` runs left in ``folder`` (tile stores, temporaries, their lock files).
 
@@ -98,7 +92,7 @@ def sweep_dead_runs(folder: str | os.PathLike) -> list[Path]:
         m = _LOCK_RE.match(p.name)
         if m:
             if m.group(1) in dead:
-                _remove(p)
+                remove_path(p)
                 removed.append(p)
             continue
         if not any(r.match(p.name) for r in _TEMP_RES):
@@ -106,7 +100,7 @@ def sweep_dead_runs(folder: str | os.PathLike) -> list[Path]:
         if any(run in p.name for run in live):
             continue
         if any(run in p.name for run in dead) or not live:
-            _remove(p)
+            remove_path(p)
             removed.append(p)
     if removed:
         logger.warning("removed %d leftover(s) of dead maskcd-map runs in %s: %s", len(removed), folder,

@@ -1,7 +1,8 @@
 """``map_scene``: two GeoTIFFs → probability COG, mask COG and a styled GeoPackage (stages 1–6 wired together).
 
-Every output is written under a temporary name and renamed only when all stages succeeded; on any error the
-temporaries are removed, so a failed run leaves nothing behind. A run that is killed outright (SIGKILL, OOM killer)
+``map_scene`` owns the atomicity of a run: it reserves its three outputs with :func:`maskcd.io.atomic.atomic_outputs`
+(hidden temporaries named after the run id), the stages write to those paths, and all three are renamed into place
+only when every stage succeeded; on any error the temporaries are removed, so a failed run leaves nothing behind. A run that is killed outright (SIGKILL, OOM killer)
 cannot clean up: it holds a lock file in its output folders, and the next run there removes what it left behind
 (see :mod:`maskcd.inference.cleanup`).
 """
@@ -16,7 +17,6 @@ import platform
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +24,7 @@ from pathlib import Path
 import rasterio
 import torch
 
-from maskcd.errors import DiskFullError, InputError, MaskCDError, OutputExistsError
+from maskcd.errors import DiskFullError, InputError, MaskCDError
 from maskcd.inference.cleanup import (
     RunLock,
     check_free_space,
@@ -42,6 +42,7 @@ from maskcd.inference.stitch import StitchStats, stitch_to_cogs
 from maskcd.inference.store import TileStore
 from maskcd.inference.tiling import grid_windows, resolve_overlap
 from maskcd.io.align import AlignedPair, align_pair
+from maskcd.io.atomic import atomic_outputs, check_target, new_tag
 from maskcd.io.coreg import Coregistration
 from maskcd.io.coreg import estimate as estimate_coregistration
 from maskcd.io.radiometry import compute_radiometry
@@ -67,8 +68,7 @@ def _check_outputs(paths: list[Path], overwrite: bool) -> None:
     for p in paths:
         if not p.parent.exists():
             raise InputError(f"output folder {p.parent} does not exist: create it or pass another path")
-        if p.exists() and not overwrite:
-            raise OutputExistsError(f"{p} exists: pass --overwrite to replace it, or another output path")
+        check_target(p, overwrite)
 
 
 _HASHES: dict[int, str] = {}
@@ -220,24 +220,32 @@ def map_rasters(
     *,
     model,
     progress: bool = True,
+    atomic: bool = True,
 ) -> RasterRun:
     """Stages 1–4: align, tile, infer and stitch into a probability COG and a mask COG.
 
-    The COGs are written under temporary names beside ``prob_path``/``mask_path`` and renamed at the end; on any error
-    nothing is left behind. Under ``accelerate launch`` every rank infers its own windows and only the main process
-    stitches (``stats`` is ``None`` on the others).
+    Under ``accelerate launch`` every rank infers its own windows and only the main process stitches (``stats`` is
+    ``None`` on the others). The tile store is a hidden folder beside ``prob_path``, removed at the end and on errors.
+
+    Args:
+        atomic: Write the COGs through :func:`maskcd.io.atomic.atomic_outputs` (temporary names, renamed at the end,
+            replacing existing files; on any error nothing is left behind). ``False`` writes ``prob_path`` and
+            ``mask_path`` directly: for a caller that owns atomicity itself (:func:`map_scene` passes its
+            temporaries) and removes them on errors.
     """
     options.validate()
+    if atomic:
+        tag = shared_run_id(new_tag(), options.device)
+        with atomic_outputs([prob_path, mask_path], overwrite=True, tag=tag, owner=_is_main_rank()) as staged:
+            return map_rasters(before, after, staged[0], staged[1], options, model=model, progress=progress,
+                               atomic=False)
     timings: dict[str, float] = {}
     bound_malloc()
     prob_path, mask_path = Path(prob_path), Path(mask_path)
-    run = uuid.uuid4().hex[:8]
     spec = model.inference_spec
     accelerator = make_accelerator(options.device)
     is_main = accelerator.is_main_process
     tmp_dir = prob_path.with_name(f".{prob_path.name}.maskcd-tiles")
-    tmp_prob = prob_path.with_name(f".{prob_path.name}.{run}.tmp")
-    tmp_mask = mask_path.with_name(f".{mask_path.name}.{run}.tmp")
     try:
         # 1. read and align
         t = time.perf_counter()
@@ -290,7 +298,7 @@ def map_rasters(
 
         # 4. blend and stitch
         t = time.perf_counter()
-        stats = stitch_to_cogs(store, windows, grid, tmp_prob, tmp_mask, overlap=overlap,
+        stats = stitch_to_cogs(store, windows, grid, prob_path, mask_path, overlap=overlap,
                                threshold=options.threshold, blend=options.blend, aoi=pair.aoi_geometry(),
                                n_workers=max(1, options.workers))
         store.close()
@@ -298,16 +306,17 @@ def map_rasters(
         if stats.overlap_consistency is not None:
             logger.info("overlap consistency %.4f over %d px covered by several windows", stats.overlap_consistency,
                         stats.overlap_pixels)
-        os.replace(tmp_prob, prob_path)
-        os.replace(tmp_mask, mask_path)
         timings["stitch_s"] = time.perf_counter() - t
         return RasterRun(pair, tile, overlap, windows, shift, stats, timings, windows_done=done, coreg=coreg)
     except BaseException:
         if is_main:
             shutil.rmtree(tmp_dir, ignore_errors=True)
-        for p in (tmp_prob, tmp_mask):
-            p.unlink(missing_ok=True)
         raise
+
+
+def _is_main_rank() -> bool:
+    """Whether this process is the main one of an ``accelerate launch``/``torchrun`` run (always, without one)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _space_needs(before, options: MapOptions, model, prob_out: Path, mask_out: Path) -> tuple[dict, str]:
@@ -386,7 +395,7 @@ def map_scene(
     """
     options.validate()
     t_start = time.perf_counter()
-    run_id = shared_run_id(uuid.uuid4().hex[:12], options.device)
+    run_id = shared_run_id(new_tag(), options.device)
     out, prob_out, mask_out = output_paths(out_gpkg, options)
     _check_outputs([out, prob_out, mask_out], options.overwrite)
 
@@ -398,89 +407,98 @@ def map_scene(
     model.eval()
     load_s = time.perf_counter() - t
 
-    tmp_prob = prob_out.with_name(f".{prob_out.name}.{run_id}.tif")
-    tmp_mask = mask_out.with_name(f".{mask_out.name}.{run_id}.tif")
-    writer = None
     needs, what = _space_needs(before, options, model, prob_out, mask_out)
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), _run_guard([out, prob_out, mask_out], run_id, needs, what):
         try:
-            rr = map_rasters(before, after, tmp_prob, tmp_mask, options, model=model, progress=progress)
-            timings = {"load_model_s": load_s, **rr.timings}
-            if not rr.is_main:
-                return MapResult(out, prob_out, mask_out, run_id=run_id, timings=timings)
-            pair, grid, stats, shift = rr.pair, rr.pair.grid, rr.stats, rr.shift
-
-            # 5. vectorise
-            t = time.perf_counter()
-            attrs = {
-                "before_date": pair.before_date,
-                "after_date": pair.after_date,
-                "model_name": options.model,
-                "model_sha": model_hash(model),
-                "run_id": run_id,
-            }
-            attrs.update({k: v for k, v in (attributes or {}).items() if v is not None})
-            attrs = {k: v for k, v in attrs.items() if v is not None}
-            if vectorize is None:
-                from maskcd.vectorization import iter_changes as vectorize
-            from maskcd.vectorization import ChangesGpkgWriter
-
-            simplify = options.simplify if options.simplify is not None else grid.res[0]
-            polygons = vectorize(tmp_mask, tmp_prob, min_area_m2=float(options.min_area), simplify_m=simplify,
-                                 attributes=attrs, n_workers=max(1, options.workers))
-            # streamed: finished polygons are appended batch by batch, memory does not grow with their number
-            writer = ChangesGpkgWriter(out, layer=options.layer, overwrite=options.overwrite)
-            for batch in [polygons] if hasattr(polygons, "geometry") else polygons:
-                writer.append(batch)
-            timings["vectorize_s"] = time.perf_counter() - t - writer.write_s
-
-            # 6. write (the rest: style, metadata, rename)
-            t = time.perf_counter() - writer.write_s
-            changed_km2 = writer.summary.area_m2 / 1e6
-            metadata = {
-                "run_id": run_id,
-                "arguments": {**options.to_dict(), "tile": rr.tile, "overlap_px": rr.overlap},
-                "inputs": {"before": _file_info(str(before)), "after": _file_info(str(after))},
-                "bands": list(pair.bands),
-                "dates": {"before": attrs.get("before_date"), "after": attrs.get("after_date")},
-                "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
-                         "height": grid.height, "res": list(grid.res), "input_res": pair.input_res,
-                         "gsd_option": options.gsd, "resampling": pair.resampling,
-                         "model_gsd": model.inference_spec.gsd},
-                "model": {"name": options.model, "sha256_16": attrs["model_sha"],
-                          "inference_spec": model.inference_spec.to_dict()},
-                "shift_estimate": shift.to_dict(),
-                "coregistration": rr.coreg.to_metadata() if rr.coreg else None,
-                "radiometry": pair.radiometry.to_metadata() if pair.radiometry else None,
-                "n_windows": len(rr.windows),
-                "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
-                "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,
-                "overlap_consistency": stats.overlap_consistency,
-                "timings_s": {**timings, "wall_before_write_s": time.perf_counter() - t_start},
-                "mp_per_s": grid.n_pixels / 1e6 / max(timings["infer_s"], 1e-9),
-                "notes": list(pair.notes),
-                "versions": _versions(),
-                "outputs": {"prob": str(prob_out), "mask": str(mask_out)},
-            }
-            writer.close(metadata)
-            if rr.coreg is not None and rr.coreg.mode == "local" and rr.coreg.tie_points:
-                from maskcd.vectorization import add_layer_to_gpkg
-
-                add_layer_to_gpkg(out, tie_points_frame(rr.coreg, grid), layer=TIE_POINTS_LAYER,
-                                  style=TIE_POINTS_LAYER, geometry_type="Point", overwrite_layer=True,
-                                  metadata={"coregistration": rr.coreg.to_metadata()})
-            os.replace(tmp_prob, prob_out)
-            os.replace(tmp_mask, mask_out)
-            timings["write_s"] = time.perf_counter() - t
+            # every output goes to its temporary; the three are renamed together when the block succeeds
+            with atomic_outputs([out, prob_out, mask_out], overwrite=options.overwrite, tag=run_id,
+                                owner=_is_main_rank()) as (tmp_gpkg, tmp_prob, tmp_mask):
+                result = _map_staged(before, after, out, prob_out, mask_out, tmp_gpkg, tmp_prob, tmp_mask, options,
+                                     model=model, load_s=load_s, run_id=run_id, attributes=attributes,
+                                     progress=progress, vectorize=vectorize, t_start=t_start)
+                t = time.perf_counter()
         except BaseException as err:
-            for p in (tmp_prob, tmp_mask):
-                p.unlink(missing_ok=True)
-            if writer is not None:
-                writer.abort()
             if isinstance(err, Exception) and not isinstance(err, MaskCDError) and is_enospc(err):
                 raise _disk_full(err, prob_out.parent, needs) from err
             raise
-    timings["total_s"] = time.perf_counter() - t_start
+    if "write_s" in result.timings:  # the main process wrote the outputs
+        result.timings["write_s"] += time.perf_counter() - t  # the renames
+        result.timings["total_s"] = time.perf_counter() - t_start
+    return result
+
+
+def _map_staged(before, after, out: Path, prob_out: Path, mask_out: Path, tmp_gpkg: Path, tmp_prob: Path,
+                tmp_mask: Path, options: MapOptions, *, model, load_s: float, run_id: str, attributes: dict | None,
+                progress: bool, vectorize: Callable | None, t_start: float) -> MapResult:
+    """Stages 1–6 of :func:`map_scene`, writing the outputs to their temporaries ``tmp_*`` (final paths: ``out``,
+    ``prob_out``, ``mask_out``, recorded in the metadata and the result)."""
+    rr = map_rasters(before, after, tmp_prob, tmp_mask, options, model=model, progress=progress,
+                     atomic=False)
+    timings = {"load_model_s": load_s, **rr.timings}
+    if not rr.is_main:
+        return MapResult(out, prob_out, mask_out, run_id=run_id, timings=timings)
+    pair, grid, stats, shift = rr.pair, rr.pair.grid, rr.stats, rr.shift
+
+    # 5. vectorise
+    t = time.perf_counter()
+    attrs = {
+        "before_date": pair.before_date,
+        "after_date": pair.after_date,
+        "model_name": options.model,
+        "model_sha": model_hash(model),
+        "run_id": run_id,
+    }
+    attrs.update({k: v for k, v in (attributes or {}).items() if v is not None})
+    attrs = {k: v for k, v in attrs.items() if v is not None}
+    if vectorize is None:
+        from maskcd.vectorization import iter_changes as vectorize
+    from maskcd.vectorization import ChangesGpkgWriter
+
+    simplify = options.simplify if options.simplify is not None else grid.res[0]
+    polygons = vectorize(tmp_mask, tmp_prob, min_area_m2=float(options.min_area), simplify_m=simplify,
+                         attributes=attrs, n_workers=max(1, options.workers))
+    # streamed: finished polygons are appended batch by batch, memory does not grow with their number
+    writer = ChangesGpkgWriter(tmp_gpkg, layer=options.layer, overwrite=True)
+    for batch in [polygons] if hasattr(polygons, "geometry") else polygons:
+        writer.append(batch)
+    timings["vectorize_s"] = time.perf_counter() - t - writer.write_s
+
+    # 6. write (the rest: style, metadata; map_scene renames the outputs into place)
+    t = time.perf_counter() - writer.write_s
+    changed_km2 = writer.summary.area_m2 / 1e6
+    metadata = {
+        "run_id": run_id,
+        "arguments": {**options.to_dict(), "tile": rr.tile, "overlap_px": rr.overlap},
+        "inputs": {"before": _file_info(str(before)), "after": _file_info(str(after))},
+        "bands": list(pair.bands),
+        "dates": {"before": attrs.get("before_date"), "after": attrs.get("after_date")},
+        "grid": {"crs": grid.crs, "transform": list(grid.transform)[:6], "width": grid.width,
+                 "height": grid.height, "res": list(grid.res), "input_res": pair.input_res,
+                 "gsd_option": options.gsd, "resampling": pair.resampling,
+                 "model_gsd": model.inference_spec.gsd},
+        "model": {"name": options.model, "sha256_16": attrs["model_sha"],
+                  "inference_spec": model.inference_spec.to_dict()},
+        "shift_estimate": shift.to_dict(),
+        "coregistration": rr.coreg.to_metadata() if rr.coreg else None,
+        "radiometry": pair.radiometry.to_metadata() if pair.radiometry else None,
+        "n_windows": len(rr.windows),
+        "valid_km2": stats.valid_pixels * grid.pixel_area_m2 / 1e6,
+        "changed_raster_km2": stats.changed_pixels * grid.pixel_area_m2 / 1e6,
+        "overlap_consistency": stats.overlap_consistency,
+        "timings_s": {**timings, "wall_before_write_s": time.perf_counter() - t_start},
+        "mp_per_s": grid.n_pixels / 1e6 / max(timings["infer_s"], 1e-9),
+        "notes": list(pair.notes),
+        "versions": _versions(),
+        "outputs": {"prob": str(prob_out), "mask": str(mask_out)},
+    }
+    writer.close(metadata)
+    if rr.coreg is not None and rr.coreg.mode == "local" and rr.coreg.tie_points:
+        from maskcd.vectorization import add_layer_to_gpkg
+
+        add_layer_to_gpkg(tmp_gpkg, tie_points_frame(rr.coreg, grid), layer=TIE_POINTS_LAYER,
+                          style=TIE_POINTS_LAYER, geometry_type="Point", overwrite_layer=True,
+                          metadata={"coregistration": rr.coreg.to_metadata()}, atomic=False)
+    timings["write_s"] = time.perf_counter() - t
     return MapResult(
         gpkg=out,
         prob_path=prob_out,

@@ -27,13 +27,12 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.features import geometry_mask
 
+from maskcd.contract import NODATA, prob_to_uint8
 from maskcd.inference.blend import window_weights
 from maskcd.inference.store import TileStore
 from maskcd.inference.tiling import TileWindow
 from maskcd.io.align import Grid
 
-NODATA = 255
-PROB_SCALE = 254
 MASK_COLORMAP = {0: (0, 0, 0, 0), 1: (230, 25, 25, 255), NODATA: (0, 0, 0, 0)}
 BLOCK = 512
 
@@ -150,7 +149,7 @@ def stitch_to_cogs(
         nod = np.isnan(p)
         if aoi is not None:
             nod |= geometry_mask([aoi], out_shape=p.shape, transform=transform @ Affine.translation(c0, r0))
-        prob = np.clip(np.rint(np.nan_to_num(p) * PROB_SCALE), 0, PROB_SCALE).astype(np.uint8)
+        prob = prob_to_uint8(p)
         mask = (np.nan_to_num(p) > threshold).astype(np.uint8)
         prob[nod] = NODATA
         mask[nod] = NODATA

@@ -6,7 +6,7 @@
   explicit ``crs/transform/width/height``, so every window lies inside the VRT (``boundless=True`` is never needed, and
   WarpedVRT refuses it) and areas the after image does not cover come back as nodata.
 * Validity = valid before ∧ valid after, from nodata values, mask or alpha bands and NaN.
-* Bands are selected from what the model's :class:`~maskcd.models.InferenceSpec` records (band names matched to the
+* Bands are selected from what the model's :class:`~maskcd.contract.InferenceSpec` records (band names matched to the
   files' colour interpretation / descriptions, else the first C bands) or from ``--bands``.
 
 An :class:`AlignedPair` is a small picklable description; :meth:`AlignedPair.reader` opens the files in the calling
@@ -29,12 +29,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
+from maskcd.contract import InferenceSpec
 from maskcd.errors import InputError
 from maskcd.io.coreg import Coregistration, corrected_src_transform
 from maskcd.io.radiometry import Radiometry
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import acquisition_date, open_raster
-from maskcd.models.base import InferenceSpec
 
 logger = logging.getLogger(__name__)
 

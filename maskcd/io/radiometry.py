@@ -1,6 +1,6 @@
 """Radiometric scaling of the two dates into the model's value range (``--scale``, ``--match-histogram``).
 
-A model normalises raw values as ``(x / value_scale - mean) / std`` (its :class:`~maskcd.models.InferenceSpec`),
+A model normalises raw values as ``(x / value_scale - mean) / std`` (its :class:`~maskcd.contract.InferenceSpec`),
 which fits 8-bit imagery with ``value_scale = 255``. 12/16-bit or float reflectance imagery must first be brought into
 ``[0, value_scale]``:
 

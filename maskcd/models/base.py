@@ -9,7 +9,8 @@ Every model is a :class:`transformers.PreTrainedModel` called as ``model(image_a
 It returns a :class:`ChangeDetectionOutput` (or a subclass with model-specific fields) whose ``change_prob`` is
 ``(B, H, W)`` in [0, 1] and whose ``loss`` is set when labels are given.
 
-What inference needs (bands, value scale, normalisation, native tile size, ground sample distance) is stored in the
+What inference needs (bands, value scale, normalisation, native tile size, ground sample distance: an
+:class:`~maskcd.contract.InferenceSpec`, defined with the raster contract in :mod:`maskcd.contract`) is stored in the
 model config, so that ``save_pretrained`` records it next to the weights and ``maskcd-map`` can read it back.
 """
 
@@ -20,13 +21,13 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
+from maskcd.contract import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, InferenceSpec
 from maskcd.errors import ConfigError
 
-IGNORE_INDEX = 255
-"""Label value that is excluded from losses and metrics."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "INFERENCE_KEYS", "ChangeDetectionOutput", "ChangeModelMixin",
+    "InferenceSpec", "check_labels", "inference_spec", "pop_inference_spec", "set_inference_spec",
+]
 
 
 @dataclass
@@ -42,48 +43,6 @@ class ChangeDetectionOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     change_prob: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-
-
-@dataclass(frozen=True)
-class InferenceSpec:
-    """What a checkpoint needs from raw imagery.
-
-    Args:
-        input_bands: Names of the input bands in order (their count is the model's input channel count).
-        value_scale: Raw values are divided by this to reach [0, 1] before normalisation (255 for 8-bit imagery).
-        image_mean: Per-band mean in the [0, 1] scale.
-        image_std: Per-band standard deviation in the [0, 1] scale.
-        tile_size: Native tile (chip) size in pixels the model was trained on.
-        gsd: Ground sample distance in metres of the training imagery, ``None`` when unknown.
-    """
-
-    input_bands: tuple[str, ...] = ("red", "green", "blue")
-    value_scale: float = 255.0
-    image_mean: tuple[float, ...] = IMAGENET_MEAN
-    image_std: tuple[float, ...] = IMAGENET_STD
-    tile_size: int = 256
-    gsd: float | None = None
-
-    @property
-    def num_bands(self) -> int:
-        return len(self.input_bands)
-
-    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        """Scale and normalise raw ``(..., C, H, W)`` values (any dtype) to the model's input distribution."""
-        x = raw.float() / self.value_scale
-        mean = torch.as_tensor(self.image_mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.image_std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
-
-    def to_dict(self) -> dict:
-        return {
-            "input_bands": list(self.input_bands),
-            "value_scale": self.value_scale,
-            "image_mean": list(self.image_mean),
-            "image_std": list(self.image_std),
-            "tile_size": self.tile_size,
-            "gsd": self.gsd,
-        }
 
 
 INFERENCE_KEYS = ("input_bands", "value_scale", "image_mean", "image_std", "tile_size", "gsd")

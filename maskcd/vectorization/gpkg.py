@@ -2,8 +2,9 @@
 
 :func:`write_changes_gpkg` creates a new GeoPackage (:func:`stream_changes_gpkg` does it from batches, holding one
 at a time); :func:`add_layer_to_gpkg` adds (or replaces) a layer in an existing
-one. Both work on a temporary copy in the destination folder and rename it into place, so a failure leaves the old file
-(or no file) untouched and no temporary file behind. Every file has:
+one. Both write through :func:`maskcd.io.atomic.atomic_write` (a temporary file, or copy, in the destination folder
+renamed into place), so a failure leaves the old file (or no file) untouched and no temporary file behind;
+:class:`ChangesGpkgWriter` writes the path it is given (``maskcd-map`` hands it its own temporary). Every file has:
 
 - the layer(s), written with pyogrio, GeoPackage ``VERSION=1.2`` (QGIS built on GDAL < 3.7 warns on 1.4), with an
   R-tree spatial index (``rtree_<layer>_<geom>`` table);
@@ -17,7 +18,6 @@ import json
 import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +26,13 @@ import pandas as pd
 import pyogrio
 
 from maskcd.errors import InputError, OutputExistsError
+from maskcd.io.atomic import atomic_write
 from maskcd.vectorization.style import DEFAULT_STYLE, layer_styles_frame, load_qml
 
 GPKG_VERSION = "1.2"
 STYLES_TABLE = "layer_styles"
 METADATA_TABLE = "run_metadata"
 RESERVED_LAYERS = (STYLES_TABLE, METADATA_TABLE)
-
-
-def _temp_path(out: Path) -> Path:
-    return out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
 
 
 def _remove(path: Path) -> None:
@@ -117,17 +114,19 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 class ChangesGpkgWriter:
     """A new QGIS-ready GeoPackage written batch by batch, holding one batch in memory at a time.
 
-    The first :meth:`append` creates the layer (MultiPolygon, R-tree); each later one appends with pyogrio in its own
-    transaction. Everything goes to a temporary file beside the destination; :meth:`close` adds the default style and
-    the ``run_metadata`` rows and renames it into place, :meth:`abort` removes it (an error inside either method
-    removes it too), so an interrupted run leaves no partial output.
+    The first :meth:`append` creates the layer (MultiPolygon, R-tree; an existing file is replaced when
+    ``overwrite``); each later one appends with pyogrio in its own transaction. :meth:`close` adds the default style and
+    the ``run_metadata`` rows, :meth:`abort` removes what was written (an error inside either method removes it too).
+    The writer writes ``out_path`` itself: for an atomic file write to a temporary path and rename it, as
+    :func:`stream_changes_gpkg` (through :func:`maskcd.io.atomic.atomic_write`) and ``map_scene`` do.
 
     Example::
 
-        writer = ChangesGpkgWriter(out, layer="changes", overwrite=False)
-        for batch in iter_changes(mask, prob, ...):
-            writer.append(batch)
-        writer.close(metadata)   # or writer.abort() on an error
+        with atomic_write(out) as tmp:
+            writer = ChangesGpkgWriter(tmp, layer="changes")
+            for batch in iter_changes(mask, prob, ...):
+                writer.append(batch)
+            writer.close(metadata)
 
     Raises (constructor):
         OutputExistsError: The destination exists and ``overwrite`` is False (nothing is written).
@@ -139,7 +138,7 @@ class ChangesGpkgWriter:
         self.summary = StreamSummary(Path(out_path))
         _check_destination(self.summary.path, overwrite)
         self.layer, self.overwrite, self.style = layer, overwrite, style
-        self.tmp = _temp_path(self.summary.path)
+        self._started = False
 
     @property
     def write_s(self) -> float:
@@ -151,10 +150,14 @@ class ChangesGpkgWriter:
         try:
             if gdf.crs is None:
                 raise InputError(f"{self.summary.path}: the polygons have no CRS; vectorise a mask that carries one")
-            if not self.tmp.exists():
-                _write_layer(gdf, self.tmp, self.layer, create=True, replace=False, geometry_type="MultiPolygon")
+            path = self.summary.path
+            if not self._started:
+                _check_destination(path, self.overwrite)
+                self._started = True
+                _remove(path)  # an existing file (overwrite): the new one starts empty
+                _write_layer(gdf, path, self.layer, create=True, replace=False, geometry_type="MultiPolygon")
             elif len(gdf):
-                pyogrio.write_dataframe(gdf, self.tmp, layer=self.layer, driver="GPKG", promote_to_multi=True,
+                pyogrio.write_dataframe(gdf, path, layer=self.layer, driver="GPKG", promote_to_multi=True,
                                         geometry_type="MultiPolygon", append=True)
         except BaseException:
             self.abort()
@@ -165,16 +168,13 @@ class ChangesGpkgWriter:
             self.summary.area_m2 += float(gdf["area_m2"].sum())
 
     def close(self, metadata: dict) -> StreamSummary:
-        """Add the style row and the ``run_metadata`` rows, rename into place; returns the summary."""
+        """Add the style row and the ``run_metadata`` rows; returns the summary."""
         out, t = self.summary.path, time.perf_counter()
         try:
-            if not self.tmp.exists():
+            if not self._started:
                 raise InputError(f"{out}: no polygon batch was written (not even an empty one with the columns)")
-            _style_rows(self.tmp, self.layer, self.style)
-            _write_table(_metadata_frame(self.layer, metadata), self.tmp, METADATA_TABLE)
-            if out.exists() and not self.overwrite:  # appeared while we were writing
-                raise OutputExistsError(f"{out}: output exists; pass --overwrite to replace it or choose another -o path")
-            os.replace(self.tmp, out)
+            _style_rows(out, self.layer, self.style)
+            _write_table(_metadata_frame(self.layer, metadata), out, METADATA_TABLE)
         except BaseException:
             self.abort()
             raise
@@ -182,8 +182,9 @@ class ChangesGpkgWriter:
         return self.summary
 
     def abort(self) -> None:
-        """Remove the temporary file (idempotent)."""
-        _remove(self.tmp)
+        """Remove what this writer wrote (idempotent; a file it has not started is left alone)."""
+        if self._started:
+            _remove(self.summary.path)
 
 
 def stream_changes_gpkg(
@@ -191,7 +192,8 @@ def stream_changes_gpkg(
     overwrite: bool = False, style: str | os.PathLike | None = DEFAULT_STYLE,
 ) -> StreamSummary:
     """Write GeoDataFrame batches (same columns, e.g. from :func:`maskcd.vectorization.iter_changes`) as a new
-    QGIS-ready GeoPackage with :class:`ChangesGpkgWriter`: one batch in memory at a time, atomic.
+    QGIS-ready GeoPackage with :class:`ChangesGpkgWriter`: one batch in memory at a time, atomic (a temporary file
+    renamed into place by :func:`maskcd.io.atomic.atomic_write`).
 
     Args:
         batches: Iterable of GeoDataFrames with a CRS; at least one (an empty frame still gives the layer its schema).
@@ -208,14 +210,15 @@ def stream_changes_gpkg(
         OutputExistsError: ``out_path`` exists and ``overwrite`` is False (nothing is written).
         InputError: The destination folder does not exist, a batch has no CRS, or there is no batch.
     """
-    writer = ChangesGpkgWriter(out_path, layer=layer, overwrite=overwrite, style=style)
-    try:
+    out = Path(out_path)
+    _check_destination(out, overwrite)
+    with atomic_write(out, overwrite=overwrite) as tmp:
+        writer = ChangesGpkgWriter(tmp, layer=layer, overwrite=True, style=style)
         for gdf in batches:
             writer.append(gdf)
-    except BaseException:
-        writer.abort()
-        raise
-    return writer.close(metadata)
+        summary = writer.close(metadata)
+    summary.path = out
+    return summary
 
 
 def write_changes_gpkg(
@@ -251,6 +254,7 @@ def write_changes_gpkg(
 def add_layer_to_gpkg(
     gpkg_path: str | os.PathLike, gdf, *, layer: str, metadata: dict | None = None,
     style: str | os.PathLike | None = DEFAULT_STYLE, overwrite_layer: bool = False, geometry_type: str | None = None,
+    atomic: bool = True,
 ) -> Path:
     """Add a layer (with its R-tree, default style row and metadata rows) to an existing GeoPackage.
 
@@ -265,6 +269,7 @@ def add_layer_to_gpkg(
         style: Packaged style name or ``.qml`` path to store as the layer's default style (None: no style row).
         overwrite_layer: Replace a layer of that name (and its style and metadata rows).
         geometry_type: Force the OGR geometry type (e.g. ``"MultiPolygon"``, ``"Point"``).
+        atomic: ``False`` changes the file in place (for a file that is itself a temporary, e.g. ``map_scene``'s).
 
     Returns:
         The GeoPackage path.
@@ -283,19 +288,21 @@ def add_layer_to_gpkg(
     existing = {name for name, _ in pyogrio.list_layers(path)}
     if layer in existing and not overwrite_layer:
         raise OutputExistsError(f"{path}: layer {layer!r} exists; pass overwrite_layer=True or choose another name")
-    tmp = _temp_path(path)
-    try:
-        shutil.copy2(path, tmp)
-        _write_layer(gdf, tmp, layer, create=False, replace=layer in existing, geometry_type=geometry_type)
-        _style_rows(tmp, layer, style)
+
+    def change(target: Path) -> None:
+        _write_layer(gdf, target, layer, create=False, replace=layer in existing, geometry_type=geometry_type)
+        _style_rows(target, layer, style)
         if layer in existing:
-            _delete_rows(tmp, METADATA_TABLE, "layer", layer)
+            _delete_rows(target, METADATA_TABLE, "layer", layer)
         if metadata:
-            _write_table(_metadata_frame(layer, metadata), tmp, METADATA_TABLE)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+            _write_table(_metadata_frame(layer, metadata), target, METADATA_TABLE)
+
+    if not atomic:
+        change(path)
+        return path
+    with atomic_write(path, overwrite=True) as tmp:
+        shutil.copy2(path, tmp)
+        change(tmp)
     return path
 
 

@@ -47,14 +47,13 @@ import shapely
 from affine import Affine
 from rasterio.windows import Window
 
+from maskcd.contract import NODATA, PROB_SCALE
 from maskcd.errors import InputError
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import open_raster
 
 log = logging.getLogger(__name__)
 
-PROB_SCALE = 254.0
-"""The probability COG stores ``round(p * 254)`` as uint8; 255 is nodata."""
 
 RESULT_COLUMNS = ["change_id", "area_m2", "perimeter_m", "n_pixels", "prob_mean", "prob_max"]
 SCHEDULERS = ("threads", "processes", "distributed", "synchronous")
@@ -120,7 +119,7 @@ def _read_grid(mask_path: Path, prob_path: Path | None) -> _Grid:
                 raise InputError(
                     f"{prob_path}: probability raster must be uint8 0-254 (255 nodata), not {psrc.dtypes[0]}"
                 )
-            prob_nodata = 255 if psrc.nodata is None else psrc.nodata
+            prob_nodata = NODATA if psrc.nodata is None else psrc.nodata
     return _Grid(prob_nodata=prob_nodata, **grid)
 
 
@@ -192,7 +191,7 @@ def polygonize_chunk(
     if prob_path is not None:
         with rasterio.open(prob_path) as psrc:
             pv = psrc.read(1, window=window).ravel()[flat]
-            pnod = 255 if psrc.nodata is None else psrc.nodata
+            pnod = NODATA if psrc.nodata is None else psrc.nodata
         ok = pv != pnod
         lab_ok, pv_ok = lab[ok], pv[ok].astype(np.int64)
         n_prob = np.bincount(lab_ok, minlength=n + 1)

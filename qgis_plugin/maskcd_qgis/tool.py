@@ -207,13 +207,14 @@ def _handle(text: str, prog: str, bar: str, result: ToolResult, on_line, on_prog
 
 
 def remove_partial(outdir: Path, *, remove_empty_root: bool = False) -> int:
-    """Remove what a killed ``maskcd-batch`` run leaves half-written: per-site ``.tmp-*`` folders and hidden
-    ``.*.tmp-*`` files (merged GeoPackage, failures table, manifests, STAC JSON, VRTs). Finished sites (with a
-    manifest) are complete and kept. Returns how many entries were removed."""
+    """Remove what a killed ``maskcd-batch`` run leaves half-written: per-site ``.tmp-*`` folders and the hidden
+    temporaries of maskcd's atomic writes, ``.NAME.<tag>.tmp.EXT`` (merged GeoPackage, failures table, manifests,
+    STAC JSON, VRTs; older versions named them ``.NAME.tmp-<pid>``). Finished sites (with a manifest) are complete
+    and kept. Returns how many entries were removed."""
     if not outdir.is_dir():
         return 0
     removed = 0
-    for pattern in ("*/.tmp-*", ".*.tmp-*", "*/.*.tmp-*", "stac_inputs/*/.*.tmp-*"):
+    for pattern in ("*/.tmp-*", ".*.tmp*", "*/.*.tmp*", "stac_inputs/*/.*.tmp*"):
         for p in outdir.glob(pattern):
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)

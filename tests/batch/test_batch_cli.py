@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from maskcd.batch.runner import BatchResult, _check_gpu_workers, summary_table
+from maskcd.batch.cluster import check_gpu_workers
+from maskcd.batch.report import SiteReport
+from maskcd.batch.runner import BatchResult, summary_table
 from maskcd.cli.batch import build_parser, main, options_from_args
 from maskcd.errors import InputError
 
@@ -76,9 +78,9 @@ class _SchedulerInfo:
 
 
 def test_cuda_needs_a_worker_with_a_gpu_resource():
-    _check_gpu_workers(_SchedulerInfo([{}, {"GPU": 1}]))
+    check_gpu_workers(_SchedulerInfo([{}, {"GPU": 1}]))
     with pytest.raises(InputError, match="--resources GPU=1"):
-        _check_gpu_workers(_SchedulerInfo([{}, {}]))
+        check_gpu_workers(_SchedulerInfo([{}, {}]))
 
 
 def test_worker_device_picks_one_gpu_per_worker(monkeypatch):
@@ -95,10 +97,10 @@ def test_worker_device_picks_one_gpu_per_worker(monkeypatch):
 
 def test_summary_table_lists_every_site_and_totals():
     result = BatchResult(sites=[
-        {"site_id": "a", "status": "mapped", "n_pairs": 1, "n_polygons": 3, "changed_km2": 0.5, "seconds": 2.0,
-         "n_pixels": 4_000_000, "pairs": [{"seconds": 2.0}]},
-        {"site_id": "b", "status": "skipped", "n_pairs": 2, "n_polygons": 4, "changed_km2": 0.25, "pairs": []},
-        {"site_id": "c", "status": "failed", "error": "InputError: c.tif is not a raster"},
+        SiteReport("a", "mapped", n_pairs=1, n_polygons=3, changed_km2=0.5, seconds=2.0, n_pixels=4_000_000,
+                   pairs=[{"layer": "changes", "seconds": 2.0}]),
+        SiteReport("b", "skipped", n_pairs=2, n_polygons=4, changed_km2=0.25),
+        SiteReport.failure("c", "InputError: c.tif is not a raster"),
     ], seconds=3.0)
     lines = summary_table(result).splitlines()
     assert lines[0].split() == ["site_id", "status", "pairs", "polygons", "changed_km2", "seconds", "MP/s", "note"]

@@ -47,8 +47,8 @@ def test_site_report_and_sites_layer_carry_the_coregistration(tmp_path, shared_d
     opts = MapOptions(model=tiny_model_dir, device="cpu", workers=0, tile=96, batch_size=2,
                       coregister="global").to_dict()
     report = process_site(job, str(tmp_path / "out"), opts, site_key(job, opts, model_fingerprint(tiny_model_dir)))
-    assert report["status"] == "mapped", report.get("traceback")
-    co = report["pairs"][0]["coregistration"]
+    assert report.status == "mapped", report.traceback
+    co = report.pairs[0].coregistration
     print(co)
     assert co["applied"] and abs(co["dy_px"] - 1.3) <= 0.1 and abs(co["dx_px"] + 0.8) <= 0.1
     on_disk = json.loads((tmp_path / "out" / "naip" / "report.json").read_text())

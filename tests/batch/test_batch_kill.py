@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 SCRIPT = """
 import json, os, time
-from maskcd.batch.runner import _open_client
-with _open_client(None, None, 2, "cpu") as client:
+from maskcd.batch.cluster import open_client
+with open_client(None, None, 2, "cpu") as client:
     print(json.dumps(sorted(client.run(os.getpid).values())), flush=True)
     time.sleep(600)
 """

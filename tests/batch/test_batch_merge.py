@@ -9,6 +9,7 @@ import pyogrio
 import pytest
 from shapely.geometry import MultiPolygon, box
 
+from maskcd.batch.report import PairReport, SiteReport
 from maskcd.batch.runner import write_failures, write_merged
 from maskcd.inference.options import MapOptions
 from maskcd.vectorization import add_layer_to_gpkg, write_changes_gpkg
@@ -28,16 +29,16 @@ def _site(outdir, site_id, crs, x0, y0, layers):
             write_changes_gpkg(gdf, folder / "changes.gpkg", layer=layer, metadata={"k": 1})
         else:
             add_layer_to_gpkg(folder / "changes.gpkg", gdf, layer=layer)
-        pairs.append({"layer": layer, "before_date": before_date, "after_date": after_date})
-    return {"site_id": site_id, "status": "mapped", "n_pairs": len(pairs), "pairs": pairs, "n_polygons": 2 * len(pairs),
-            "changed_km2": 125e-6 * len(pairs), "valid_km2": 0.01, "max_shift_px": 0.2,
-            "footprint_wkt": box(x0, y0, x0 + 100, y0 + 100).wkt, "footprint_crs": crs}
+        pairs.append(PairReport(layer, before_date=before_date, after_date=after_date))
+    return SiteReport(site_id, "mapped", n_pairs=len(pairs), pairs=pairs, n_polygons=2 * len(pairs),
+                      changed_km2=125e-6 * len(pairs), valid_km2=0.01, max_shift_px=0.2,
+                      footprint_wkt=box(x0, y0, x0 + 100, y0 + 100).wkt, footprint_crs=crs)
 
 
 def test_merged_layers_sites_and_reprojection(tmp_path):
     sites = [
         _site(tmp_path, "utm33", "EPSG:32633", 500000, 5100000, [("changes", "2020-01-01", "2021-01-01")]),
-        {"site_id": "bad", "status": "failed", "error": "InputError: x"},
+        SiteReport.failure("bad", "InputError: x"),
         _site(tmp_path, "utm34", "EPSG:32634", 400000, 5100000,
               [("changes_20190101_20200101", "2019-01-01", "2020-01-01"),
                ("changes_20200101_20210101", "2020-01-01", "2021-01-01")]),
@@ -70,14 +71,14 @@ def test_single_crs_is_kept_and_nothing_mapped_writes_no_merge(tmp_path):
     sites = [_site(tmp_path, "s", "EPSG:32633", 500000, 5100000, [("changes", None, None)])]
     merged = write_merged(tmp_path, [], sites, MapOptions(), {"id": "m", "sha256": "0"})
     assert pyogrio.read_dataframe(merged, layer="changes").crs.to_epsg() == 32633
-    assert write_merged(tmp_path / "none", [], [{"site_id": "x", "status": "failed", "error": "e"}], MapOptions(),
+    assert write_merged(tmp_path / "none", [], [SiteReport.failure("x", "e")], MapOptions(),
                         {"id": "m", "sha256": "0"}) is None
 
 
 @pytest.mark.parametrize("failed", [0, 2])
 def test_failures_csv(tmp_path, failed):
-    sites = [{"site_id": f"s{i}", "status": "failed", "error": 'ValueError: bad, "quoted"'} for i in range(failed)]
-    sites.append({"site_id": "ok", "status": "mapped"})
+    sites = [SiteReport.failure(f"s{i}", 'ValueError: bad, "quoted"') for i in range(failed)]
+    sites.append(SiteReport("ok", "mapped"))
     path = write_failures(tmp_path / "failures.csv", sites)
     rows = path.read_text().splitlines()
     assert rows[0] == "site_id,error" and len(rows) == 1 + failed

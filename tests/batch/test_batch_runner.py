@@ -92,7 +92,7 @@ def two_worker_run(good_catalog, tiny_model_dir, tmp_path_factory, cluster2) -> 
     out = tmp_path_factory.mktemp("two") / "out"
     result = run_batch(good_catalog, out, MapOptions(model=tiny_model_dir, **MAP_KW), client=cluster2, progress=False)
     assert result.ok, result.failed
-    assert [s["status"] for s in result.sites] == ["mapped"] * 3
+    assert [s.status for s in result.sites] == ["mapped"] * 3
     return out
 
 
@@ -192,13 +192,13 @@ def test_rerun_skips_finished_sites_and_force_redoes_them(good_catalog, two_work
     before = gpkg.stat().st_mtime_ns
     opts = MapOptions(model=tiny_model_dir, **MAP_KW)
     again = run_batch(good_catalog, two_worker_run, opts, client=cluster2, progress=False)
-    assert [s["status"] for s in again.sites] == ["skipped"] * 3 and gpkg.stat().st_mtime_ns == before
+    assert [s.status for s in again.sites] == ["skipped"] * 3 and gpkg.stat().st_mtime_ns == before
     # a setting that changes results invalidates the manifests; a speed setting does not
     faster = run_batch(good_catalog, two_worker_run, MapOptions(model=tiny_model_dir, **{**MAP_KW, "batch_size": 8}),
                        client=cluster2, progress=False)
-    assert [s["status"] for s in faster.sites] == ["skipped"] * 3
+    assert [s.status for s in faster.sites] == ["skipped"] * 3
     forced = run_batch(good_catalog, two_worker_run, opts, client=cluster2, force=True, progress=False)
-    assert [s["status"] for s in forced.sites] == ["mapped"] * 3 and gpkg.stat().st_mtime_ns > before
+    assert [s.status for s in forced.sites] == ["mapped"] * 3 and gpkg.stat().st_mtime_ns > before
 
 
 def test_broken_site_is_recorded_and_the_run_goes_on(scenes, tmp_path, cluster2, tiny_model_dir, pairs_catalog,

@@ -55,8 +55,8 @@ def test_failed_site_is_reported_and_leaves_no_manifest_or_temporaries(tmp_path,
     (site_dir / "manifest.json").write_text("{}")  # a finished earlier run ...
     (site_dir / ".tmp-deadbeef").mkdir()  # ... and the leftovers of a killed one
     report = process_site(job, str(tmp_path / "out"), opts, key, _raising_mapper)
-    assert report["status"] == "failed" and report["error"] == "RuntimeError: GPU fell off the bus"
-    assert "Traceback" in report["traceback"]
+    assert report.status == "failed" and report.error == "RuntimeError: GPU fell off the bus"
+    assert "Traceback" in report.traceback
     assert sorted(p.name for p in site_dir.iterdir()) == []  # no manifest: a rerun redoes the site
 
 
@@ -65,8 +65,8 @@ def test_missing_input_fails_before_loading_the_model(tmp_path):
     opts = MapOptions(model="maskcd-tiny", device="cpu").to_dict()
     n_loads = sum(LOAD_COUNTS.values())
     report = process_site(job, str(tmp_path / "out"), opts, site_key(job, opts, model_fingerprint("maskcd-tiny")))
-    assert report["status"] == "failed"
-    assert report["error"].startswith("FileNotFoundError") and "gone_before.tif" in report["error"]
+    assert report.status == "failed"
+    assert report.error.startswith("FileNotFoundError") and "gone_before.tif" in report.error
     assert sum(LOAD_COUNTS.values()) == n_loads
 
 

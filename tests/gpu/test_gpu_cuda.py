@@ -86,6 +86,6 @@ def test_batch_site_runs_on_a_gpu_worker(demo_pair, tmp_path):
     opts = MapOptions(model=str(DEMO_CHECKPOINT), device="cuda", workers=0, batch_size=8)
     result = run_batch(catalog, tmp_path / "out", opts, workers=1, progress=False)
     (site,) = result.sites
-    assert site["status"] == "mapped", site
+    assert site.status == "mapped", site
     assert site.get("n_polygons", 0) > 0
     assert result.merged is not None and result.merged.is_file()

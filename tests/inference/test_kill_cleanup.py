@@ -125,9 +125,12 @@ def test_sigkill_mid_tiling_leaves_no_process_and_the_next_run_cleans_up(tmp_pat
 def test_sweep_removes_only_what_dead_runs_left(tmp_path):
     dead, live = "aaaaaaaaaaaa", "bbbbbbbbbbbb"
     (tmp_path / f"{LOCK_PREFIX}{dead}.lock").write_text("999999999 " + dead)  # nobody holds it
-    names = [f".o_change_prob.tif.{dead}.tif", f"..o_change_prob.tif.{dead}.tif.maskcd-tiles",
-             f"..o_change_prob.tif.{dead}.tif.1234abcd.tmp.tiles.tif", f".o_change_prob.tif.{live}.tif",
-             f"..o_change_prob.tif.{live}.tif.maskcd-tiles", ".o.1234abcd.tmp.gpkg", ".keep-me", "o.gpkg"]
+    # what a run reserves (maskcd.io.atomic temporaries tagged with its run id) and what is named after them: the
+    # tile store, the stitcher's scratch GeoTIFF, a GeoPackage journal; then a temporary that names no run
+    names = [f".o_change_prob.tif.{dead}.tmp.tif", f"..o_change_prob.tif.{dead}.tmp.tif.maskcd-tiles",
+             f".o_change_prob.tif.{dead}.tmp.tif.tiles.tif", f".o.gpkg.{dead}.tmp.gpkg-journal",
+             f".o_change_prob.tif.{live}.tmp.tif", f"..o_change_prob.tif.{live}.tmp.tif.maskcd-tiles",
+             ".o.gpkg.1234abcd5678.tmp.gpkg", ".keep-me", "o.gpkg"]
     for name in names:
         if name.endswith("maskcd-tiles"):
             (tmp_path / name).mkdir()
@@ -136,13 +139,13 @@ def test_sweep_removes_only_what_dead_runs_left(tmp_path):
             (tmp_path / name).write_bytes(b"x")
     with RunLock([tmp_path], live):
         removed = {p.name for p in sweep_dead_runs(tmp_path)}
-        assert removed == {f"{LOCK_PREFIX}{dead}.lock", *names[:3]}
+        assert removed == {f"{LOCK_PREFIX}{dead}.lock", *names[:4]}
         # with a live run in the folder, a temporary GeoPackage that names no run may be that run's: kept
-        assert (tmp_path / ".o.1234abcd.tmp.gpkg").exists()
+        assert (tmp_path / ".o.gpkg.1234abcd5678.tmp.gpkg").exists()
     assert not (tmp_path / f"{LOCK_PREFIX}{live}.lock").exists()  # released and removed on exit
     removed = {p.name for p in sweep_dead_runs(tmp_path)}
-    assert removed == {f".o_change_prob.tif.{live}.tif", f"..o_change_prob.tif.{live}.tif.maskcd-tiles",
-                       ".o.1234abcd.tmp.gpkg"}
+    assert removed == {f".o_change_prob.tif.{live}.tmp.tif", f"..o_change_prob.tif.{live}.tmp.tif.maskcd-tiles",
+                       ".o.gpkg.1234abcd5678.tmp.gpkg"}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".keep-me", "o.gpkg"]
 
 
@@ -154,11 +157,11 @@ def test_a_live_lock_held_by_another_process_is_respected(tmp_path):
                               env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     try:
         assert holder.stdout.readline().strip() == "locked"
-        (tmp_path / f"..x.tif.{run}.tif.maskcd-tiles").mkdir()
+        (tmp_path / f"..x.tif.{run}.tmp.tif.maskcd-tiles").mkdir()
         assert sweep_dead_runs(tmp_path) == []
         holder.kill()
         holder.wait()
-        assert {p.name for p in sweep_dead_runs(tmp_path)} == {f"..x.tif.{run}.tif.maskcd-tiles",
+        assert {p.name for p in sweep_dead_runs(tmp_path)} == {f"..x.tif.{run}.tmp.tif.maskcd-tiles",
                                                                f"{LOCK_PREFIX}{run}.lock"}
     finally:
         holder.kill()

@@ -109,9 +109,11 @@ def test_remove_partial_keeps_finished_sites(tmp_path):
         (out / "done" / name).write_text("x")
     (out / "half" / ".tmp-abc123").mkdir(parents=True)
     (out / "half" / ".tmp-abc123" / "pair.gpkg").write_text("x")
-    (out / ".catalog.gpkg.tmp-99.gpkg").write_text("x")
+    (out / ".catalog.gpkg.tmp-99.gpkg").write_text("x")  # named by an older version
     (out / "done" / ".done.json.tmp-99").write_text("x")
-    assert tool.remove_partial(out) == 3
+    (out / ".catalog.gpkg.0123456789ab.tmp.gpkg").write_text("x")  # maskcd.io.atomic names
+    (out / "done" / ".manifest.json.0123456789ab.tmp.json").write_text("x")
+    assert tool.remove_partial(out) == 5
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["done", "done/changes.gpkg",
                                                                        "done/manifest.json"]
     empty = tmp_path / "new"

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
+from maskcd.contract import IGNORE_INDEX
 from maskcd.models.base import (
-    IGNORE_INDEX,
     ChangeDetectionOutput,
     ChangeModelMixin,
     check_labels,
