@@ -25,8 +25,9 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
 Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`). Blobs complete as
 soon as no piece of theirs touches the bottom of the newest chunk row (:class:`BlobMerger`); they are simplified per
 cluster of intersecting convex hulls once nothing still to come can touch the cluster, and yielded in ``change_id``
-order (:class:`_Releaser`). Memory: one chunk per worker (``chunk_size²`` × about 14 bytes) plus the polygons near the
-current chunk-row border and one output batch, whatever the number of polygons (``benchmarks/map_pipeline.py`` c2).
+order (:class:`_Releaser`), in batches of :data:`BATCH_ROWS`. Memory: one chunk per worker (``chunk_size²`` × about
+11 bytes) plus one chunk row of polygons (the row being merged and released) and one output batch, whatever the number
+of polygons (``benchmarks/map_pipeline.py`` c2; ``benchmarks/results/issue15.md``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ RESULT_COLUMNS = ["change_id", "area_m2", "perimeter_m", "n_pixels", "prob_mean"
 SCHEDULERS = ("threads", "processes", "distributed", "synchronous")
 DEFAULT_SCHEDULER = "threads"
 DEFAULT_CHUNK = 2048
-"""Chunk side: a chunk task holds about 14 bytes per pixel (60 MB at 2048², 240 MB at 4096²) per worker."""
+"""Chunk side: a chunk task holds about 11 bytes per pixel at its peak (45 MB at 2048², 180 MB at 4096²) per worker."""
 
 
 @dataclass(frozen=True)
@@ -710,6 +711,29 @@ class _Releaser:
         return len(self.held) + len(self.ready)
 
 
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The chunk tasks free tens of MB per chunk in worker threads; glibc keeps much of it in per-thread arenas, where it
+    counts as resident and raised the peak of later chunk rows (16k² noise-like mask: +60 MB by the end).
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
 BATCH_ROWS = 4096
 """Polygons per yielded batch (each one GeoPackage append, one transaction)."""
 
@@ -773,6 +797,7 @@ def iter_changes(
             next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
             buffer.extend(releaser.release(next_row, merger.pending_first()))
             peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
+            _trim_heap()
             t2 = time.perf_counter()
             timings["chunks_s"] += t1 - t0
             timings["merge_s"] += t2 - t1
@@ -786,6 +811,7 @@ def iter_changes(
                     yielded = True
                     yield out
                 del out
+            _trim_heap()
     if merger.pieces or releaser.n_held():  # cannot happen: the last row closes everything
         raise RuntimeError(f"{mask_path}: {len(merger.pieces)} pieces and {releaser.n_held()} polygons left unmerged")
     if not yielded:
