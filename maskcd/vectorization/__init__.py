@@ -13,8 +13,8 @@ Public API::
   chunk borders exactly (union-find on border pixels, then dissolve), removes blobs below ``min_area_m2`` on their whole
   pixel area, coverage-simplifies, and returns MultiPolygons with ``change_id, area_m2, perimeter_m, n_pixels,
   prob_mean, prob_max`` plus the ``attributes`` columns. The result does not depend on ``chunk_size``.
-- :func:`iter_changes` yields the same rows in batches, chunk row by chunk row: only the polygons near the current
-  chunk-row border wait in memory. :func:`stream_changes_gpkg` appends such batches to the GeoPackage (one
+- :func:`iter_changes` yields the same rows in batches, chunk row by chunk row: about one chunk row of polygons is in
+  memory at a time. :func:`stream_changes_gpkg` appends such batches to the GeoPackage (one
   transaction each) with the same atomic rename, style and metadata as :func:`write_changes_gpkg`; ``maskcd-map``
   uses the two, so its memory does not grow with the number of polygons.
 - :func:`write_changes_gpkg` writes a new GeoPackage (temporary file, then rename; ``OutputExistsError`` if it exists

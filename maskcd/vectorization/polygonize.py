@@ -25,8 +25,9 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
 Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`). Blobs complete as
 soon as no piece of theirs touches the bottom of the newest chunk row (:class:`BlobMerger`); they are simplified per
 cluster of intersecting convex hulls once nothing still to come can touch the cluster, and yielded in ``change_id``
-order (:class:`_Releaser`). Memory: one chunk per worker (``chunk_size²`` × about 14 bytes) plus the polygons near the
-current chunk-row border and one output batch, whatever the number of polygons (``benchmarks/map_pipeline.py`` c2).
+order (:class:`_Releaser`), in batches of :data:`BATCH_ROWS`. Memory: one chunk per worker (``chunk_size²`` × about
+11 bytes) plus one chunk row of polygons (the row being merged and released) and one output batch, whatever the number
+of polygons (``benchmarks/map_pipeline.py`` c2; ``benchmarks/results/issue15.md``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ RESULT_COLUMNS = ["change_id", "area_m2", "perimeter_m", "n_pixels", "prob_mean"
 SCHEDULERS = ("threads", "processes", "distributed", "synchronous")
 DEFAULT_SCHEDULER = "threads"
 DEFAULT_CHUNK = 2048
-"""Chunk side: a chunk task holds about 14 bytes per pixel (60 MB at 2048², 240 MB at 4096²) per worker."""
+"""Chunk side: a chunk task holds about 11 bytes per pixel at its peak (45 MB at 2048², 180 MB at 4096²) per worker."""
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,8 @@ def polygonize_chunk(
 
     r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
     with rasterio.open(mask_path) as src:
-        data = src.read(1, window=window)
+        change = src.read(1, window=window) == 1
         nodata = src.nodata
-    change = data == 1
     if nodata is not None and nodata == 1:  # a mask whose nodata is 1 has no change value
         change[:] = False
     labels, n = ndimage.label(change)  # default structure: 4-connectivity
@@ -181,8 +181,10 @@ def polygonize_chunk(
                         np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, bool), strips)
     if n == 0:
         return empty
-    flat = np.flatnonzero(change)  # row-major: a label's first occurrence is its first pixel in raster order
-    rows, cols = np.divmod(flat, w)
+    # change pixels, row-major (a label's first occurrence is its first pixel); int32 (chunks are far below 2**31 px)
+    # and every array freed as soon as it is used: two tasks run at once in one process
+    flat = np.flatnonzero(change).astype(np.int32)
+    del change
     lab = labels.ravel()[flat]
     n_pix = np.bincount(lab, minlength=n + 1)
     n_prob = np.zeros(n + 1, np.int64)
@@ -194,9 +196,11 @@ def polygonize_chunk(
             pnod = NODATA if psrc.nodata is None else psrc.nodata
         ok = pv != pnod
         lab_ok, pv_ok = lab[ok], pv[ok].astype(np.int64)
+        del pv, ok
         n_prob = np.bincount(lab_ok, minlength=n + 1)
         p_sum = np.bincount(lab_ok, weights=pv_ok, minlength=n + 1).round().astype(np.int64)
         np.maximum.at(p_max, lab_ok, pv_ok)
+        del lab_ok, pv_ok
     edge = np.zeros(n + 1, bool)
     for s in strips.values():
         edge[s] = True
@@ -207,23 +211,43 @@ def polygonize_chunk(
     if not keep.any():
         return empty
     ids = np.nonzero(keep)[0]
-    order = np.arange(len(lab))
-    first_i = np.full(n + 1, len(lab))
-    np.minimum.at(first_i, lab, order)
-    rmax = np.zeros(n + 1, np.int64)
-    cmin = np.full(n + 1, w, np.int64)
-    cmax = np.zeros(n + 1, np.int64)
+    rows, cols = np.divmod(flat, np.int32(w))
+    del flat
+    first_i = _first_occurrence(lab, n)[ids - 1]
+    rmin, cmin_first = rows[first_i].astype(np.int64), cols[first_i].astype(np.int64)
+    rmax = np.zeros(n + 1, np.int32)
+    cmin = np.full(n + 1, w, np.int32)
+    cmax = np.zeros(n + 1, np.int32)
     np.maximum.at(rmax, lab, rows)
     np.minimum.at(cmin, lab, cols)
     np.maximum.at(cmax, lab, cols)
-    rmin = rows[first_i[ids]]
-    first = np.stack([r0 + rmin, c0 + cols[first_i[ids]]], axis=1).astype(np.int64)
-    polys = _trace(labels, ids, rmin, rmax[ids] + 1, cmin[ids], cmax[ids] + 1, r0, c0)
+    del rows, cols, lab
+    rmax, cmin, cmax = rmax[ids].astype(np.int64) + 1, cmin[ids].astype(np.int64), cmax[ids].astype(np.int64) + 1
+    first = np.stack([r0 + rmin, c0 + cmin_first], axis=1).astype(np.int64)
+    polys = _trace(labels, ids, rmin, rmax, cmin, cmax, r0, c0)
+    del labels
     return ChunkResult(
         index=index, labels=ids.astype(np.int64), wkb=shapely.to_wkb(np.asarray(polys, dtype=object)),
         n_pixels=n_pix[ids], n_prob=n_prob[ids], prob_sum=p_sum[ids], prob_max=p_max[ids], first=first,
         edge=edge[ids], strips=strips,
     )
+
+
+def _first_occurrence(lab: np.ndarray, n: int) -> np.ndarray:
+    """Index in ``lab`` of the first occurrence of each label ``1..n`` (every label occurs).
+
+    :func:`scipy.ndimage.label` numbers components in the order in which a raster scan meets them, so label ``k`` first
+    occurs where the running maximum steps up to ``k``; checked, with a general (slower) fallback.
+    """
+    step = np.empty(len(lab), bool)
+    step[0] = True
+    np.greater(lab[1:], np.maximum.accumulate(lab)[:-1], out=step[1:])
+    pos = np.flatnonzero(step)
+    if len(pos) == n and np.array_equal(lab[pos], np.arange(1, n + 1)):
+        return pos
+    first = np.full(n + 1, len(lab), np.int64)
+    np.minimum.at(first, lab, np.arange(len(lab)))
+    return first[1:]
 
 
 def _polygon(geojson: dict):
@@ -587,6 +611,31 @@ def _finish(blobs: list[Blob], st: _Setup, first_id: int):
     return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries(geoms, crs=st.grid.crs), crs=st.grid.crs)
 
 
+SIMPLIFY_GROUP = 256
+"""Polygons per :func:`shapely.coverage_simplify` call (whole clusters are packed into groups of about this size).
+
+One call over a whole chunk row (about 17,000 noise blobs at 16k px width) built GEOS structures of about 130-190 MB
+and cost more per polygon than calls over a few hundred."""
+
+
+def _simplify_clusters(geoms: np.ndarray, comp: np.ndarray, tolerance: float) -> np.ndarray:
+    """Coverage-simplify ``geoms`` cluster by cluster (``comp``: cluster id per geometry), in groups of whole clusters.
+
+    Clusters do not interact (see :class:`_Releaser`), so this equals one call over all of them; inside a group the
+    geometries keep their input order.
+    """
+    out = np.empty(len(geoms), dtype=object)
+    if not len(geoms):
+        return out
+    uniq, inv, counts = np.unique(comp, return_inverse=True, return_counts=True)
+    group = ((np.cumsum(counts) - counts) // SIMPLIFY_GROUP)[inv]  # clusters starting in one block share a group
+    order = np.argsort(group, kind="stable")
+    bounds = np.flatnonzero(np.diff(group[order])) + 1
+    for sel in np.split(order, bounds):
+        out[sel] = shapely.coverage_simplify(geoms[sel], tolerance)
+    return out
+
+
 class _Releaser:
     """Holds complete blobs until they can be simplified and numbered without knowing the rest of the raster.
 
@@ -645,7 +694,7 @@ class _Releaser:
                 idx = idx[np.lexsort(([self.held[k][6] for k in idx], [self.held[k][5] for k in idx]))]
                 done = geoms[idx]
                 if self.st.tolerance_px > 0:
-                    done = shapely.coverage_simplify(done, self.st.tolerance_px)
+                    done = _simplify_clusters(done, comp[idx], self.st.tolerance_px)
                 self.ready.extend((g, *self.held[k][1:]) for g, k in zip(done, idx))
                 self.held = [b for b, c in zip(self.held, closed) if not c]
             if self.held:
@@ -661,8 +710,31 @@ class _Releaser:
         return len(self.held) + len(self.ready)
 
 
-BATCH_ROWS = 20_000
-"""Polygons per yielded batch (at most about this many finished polygons are kept in memory)."""
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    The chunk tasks free tens of MB per chunk in worker threads; glibc keeps much of it in per-thread arenas, where it
+    counts as resident and raised the peak of later chunk rows (16k² noise-like mask: +60 MB by the end).
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+            except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+BATCH_ROWS = 4096
+"""Polygons per yielded batch (each one GeoPackage append, one transaction)."""
 
 
 def iter_changes(
@@ -724,17 +796,21 @@ def iter_changes(
             next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
             buffer.extend(releaser.release(next_row, merger.pending_first()))
             peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
+            _trim_heap()
             t2 = time.perf_counter()
             timings["chunks_s"] += t1 - t0
             timings["merge_s"] += t2 - t1
-            if buffer and (len(buffer) >= batch_rows or last):
-                out = _finish(buffer, st, next_id)
+            while buffer and (len(buffer) >= batch_rows or last):
+                t2 = time.perf_counter()
+                out = _finish(buffer[:batch_rows], st, next_id)
+                del buffer[:batch_rows]
                 timings["finish_s"] += time.perf_counter() - t2
                 next_id += len(out)
-                buffer = []
                 if len(out):
                     yielded = True
                     yield out
+                del out
+            _trim_heap()
     if merger.pieces or releaser.n_held():  # cannot happen: the last row closes everything
         raise RuntimeError(f"{mask_path}: {len(merger.pieces)} pieces and {releaser.n_held()} polygons left unmerged")
     if not yielded:

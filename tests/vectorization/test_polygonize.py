@@ -286,3 +286,27 @@ def test_simplification_is_chunk_size_independent_with_close_neighbours(scene, r
     got = shapely.transform(whole.geometry.values, lambda xy: np.column_stack([(xy[:, 0] - t.c) / t.a,
                                                                               (xy[:, 1] - t.f) / -t.e]))
     assert all(shapely.equals_exact(a, b, 1e-9) for a, b in zip(shapely.get_geometry(got, 0), ref, strict=True))
+
+
+def test_simplifying_in_small_groups_of_clusters_changes_nothing(scene, rng, blobby, monkeypatch):
+    """The coverage simplification runs on groups of whole clusters (bounded memory); group size does not matter."""
+    from maskcd.vectorization import polygonize
+
+    mask = blobby(rng, (110, 130), fraction=0.45, sigma=0.8)  # dense: large clusters of close neighbours
+    mpath, ppath = scene(mask)
+    kw = dict(min_area_m2=0.0, simplify_m=1.0, attributes={})
+    monkeypatch.setattr(polygonize, "SIMPLIFY_GROUP", 10**9)  # one call over every polygon of the raster
+    whole = vectorize_changes(mpath, ppath, chunk_size=4096, **kw)
+    monkeypatch.setattr(polygonize, "SIMPLIFY_GROUP", 2)
+    for size in (4096, 37):
+        _assert_same(vectorize_changes(mpath, ppath, chunk_size=size, **kw), whole)
+    assert len(whole) > 100
+
+
+def test_first_pixel_of_each_label_with_and_without_raster_numbering():
+    from maskcd.vectorization.polygonize import _first_occurrence
+
+    ordered = np.array([1, 1, 2, 1, 3, 2, 3, 4], np.int32)  # numbered as a raster scan meets them
+    np.testing.assert_array_equal(_first_occurrence(ordered, 4), [0, 2, 4, 7])
+    shuffled = np.array([2, 2, 1, 3, 1, 2], np.int32)  # any other numbering takes the general path
+    np.testing.assert_array_equal(_first_occurrence(shuffled, 3), [2, 0, 3])
