@@ -8,9 +8,19 @@ Run: ``.venv/bin/python benchmarks/map_pipeline.py`` (CPU, Swin-T MaskCD, 1024²
     over the *same* windows, pre-read into memory (goal ≤ 1.15). Also pairs/s and MP/s of the forward.
 (b) Vectorising a 16k² mask with Dask vs ``gdal_polygonize``: ``benchmarks/vectorize.py`` (issue 3b), run with
     ``--vectorize``.
-(d) Co-registration (issue 13): ``map_scene`` with ``--coregister off``, ``global`` and ``local`` on one synthetic
-    scene (``--coreg-size``, default 2048², Swin-T MaskCD, run with ``--coreg``); prints the ``coregister`` stage time
-    and its share of the ``off`` run's wall time (goals: global ≤ 5 %, local ≤ 15 %).
+(d) Co-registration (issue 13): ``map_scene`` with ``--coregister off``, ``global`` and ``local`` on one seeded
+    synthetic pair without built-in misregistration (``--coreg-size``, default 2048², ``--preset``, default Swin-T
+    MaskCD, run with ``--coreg``) whose
+    after image's geotransform is moved by ``--coreg-shift`` px (default 1.3, 0.7), so that both modes estimate *and
+    apply* a correction. The modes run interleaved (``--coreg-repeats`` rounds, the order rotated each round) with the
+    same model object and inputs; prints each run's wall time, the ``coregister`` stage time and its share of the
+    ``off`` run's wall time, and the wall-time difference against ``off`` (goals: global ≤ 5 %, local ≤ 15 %).
+(e) Peak RSS of the co-registration modes in scene size (run with ``--coreg-rss``): a whole ``map_scene`` per mode
+    (``--coreg-rss-modes``, default off, global, local) and scene size (``--coreg-rss-sizes``, default 2048², 8192²),
+    each in a child process under ``/usr/bin/time -v`` (its "Maximum resident set size", the largest of the child
+    and its reaped DataLoader workers; the child's ``VmHWM`` and sampled PSS sum too), on the VRT mosaics and the
+    pixel-difference model of part (c), with the after mosaic's geotransform moved by ``--coreg-shift`` px so that
+    the correction is applied while the after image is read.
 (c) Peak RSS of a whole ``map_scene`` run at 2k, 8k and 16k square scenes, each in its own child process, read from
     ``/proc``: the child's ``VmHWM`` and the sampled PSS sum over the child and its DataLoader workers.
     (``getrusage`` is not used: ``ru_maxrss`` carries the parent's peak across fork + exec, and a forked worker's
@@ -127,7 +137,7 @@ class MemorySampler:
     def stage_peaks(self, t0: float, timings: dict) -> dict:
         """Peak PSS (MB) per pipeline stage, from the stage durations in order after ``t0``."""
         out, start = {}, t0
-        for key in ("load_model_s", "align_s", "infer_s", "stitch_s", "vectorize_s", "write_s"):
+        for key in ("load_model_s", "align_s", "coregister_s", "infer_s", "stitch_s", "vectorize_s", "write_s"):
             end = start + timings.get(key, 0.0)
             vals = [m for t, m in self.samples if start <= t <= end + self.period]
             if vals:
@@ -235,38 +245,163 @@ def part_a(args, work: Path) -> None:
         }, indent=2))
 
 
+def shifted_copy(src: Path, dst: Path, dy: float, dx: float) -> Path:
+    """A copy of ``src`` whose geotransform is moved by ``(dx, dy)`` of its pixels: the same pixel values, their
+    content displaced on the map, as a misregistered after image is."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    shutil.copyfile(src, dst)
+    with rasterio.open(dst, "r+") as ds:
+        ds.transform = ds.transform * Affine.translation(dx, dy)
+    return dst
+
+
 def part_d(args, work: Path) -> None:
-    from maskcd.data.synthetic import make_scene_pair
+    import statistics
+
+    from maskcd.data.synthetic import SyntheticConfig, make_scene_pair
     from maskcd.inference import MapOptions, map_scene
     from maskcd.models import build_model
 
-    scene = make_scene_pair(work / "d", seed=41, size=args.coreg_size)
+    # no built-in misregistration, so that the offset to recover is exactly --coreg-shift
+    scene = make_scene_pair(work / "d", seed=41, size=args.coreg_size, cfg=SyntheticConfig(max_shift_px=0.0))
+    dy, dx = args.coreg_shift
+    after = shifted_copy(scene["after"], work / "d" / "after_shifted.tif", dy, dx) if (dy or dx) else scene["after"]
     torch.manual_seed(0)
     model = build_model(args.preset).eval()
-    print(f"(d) co-registration stage: {args.preset} on {args.device}, {args.coreg_size}² synthetic scene, batch "
-          f"{args.batch_size}, {args.workers} reader worker(s), {torch.get_num_threads()} torch threads")
-    walls, stages = {}, {}
-    for mode in ("off", "global", "local"):
-        opts = MapOptions(model=args.preset, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, overwrite=True, coregister=mode)
-        t = time.perf_counter()
-        res = map_scene(scene["before"], scene["after"], work / "d" / f"{mode}.gpkg", opts, model=model,
-                        progress=False)
-        walls[mode] = time.perf_counter() - t
-        stages[mode] = res.timings.get("coregister_s", 0.0)
-        co = res.coregistration
-        print(f"    {mode:>6}: wall {walls[mode]:.1f} s, coregister stage {stages[mode]:.2f} s "
-              f"({co.get('n_tie_points', 0)} windows/tie points, applied {co.get('applied')}, dy {co.get('dy_px')}, "
-              f"dx {co.get('dx_px')}, reliability {co.get('reliability')})")
-    base = walls["off"]
+    device = torch.device(args.device if args.device.startswith("cuda") else "cpu")
+    model.to(device)
+    spec = model.inference_spec
+    with torch.inference_mode():  # warm-up, so that the first mode does not pay it
+        x = torch.zeros(args.batch_size, spec.num_bands, args.tile or spec.tile_size, args.tile or spec.tile_size,
+                        device=device)
+        model(x, x)
+    modes = tuple(args.coreg_modes)
+    print(f"(d) co-registration stage: {args.preset} on {args.device} (seeded random weights), {args.coreg_size}² "
+          f"synthetic pair (seed 41, no built-in misregistration), after image's geotransform moved by dy {dy:+.2f}, dx {dx:+.2f} px; batch "
+          f"{args.batch_size}, {args.workers} reader worker(s), {torch.get_num_threads()} torch threads; "
+          f"{args.coreg_repeats} interleaved round(s) of {', '.join(modes)} (order rotated per round); "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    walls: dict[str, list[float]] = {m: [] for m in modes}
+    stages: dict[str, list[float]] = {m: [] for m in modes}
+    infers: dict[str, list[float]] = {m: [] for m in modes}
+    cpus: dict[str, list[float]] = {m: [] for m in modes}
+    for rnd in range(args.coreg_repeats):
+        for mode in modes[rnd % 3:] + modes[:rnd % 3]:
+            opts = MapOptions(model=args.preset, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, overwrite=True, coregister=mode)
+            load = os.getloadavg()[0]
+            c = _cpu_s()
+            t = time.perf_counter()
+            res = map_scene(scene["before"], after, work / "d" / f"{mode}.gpkg", opts, model=model, progress=False)
+            walls[mode].append(time.perf_counter() - t)
+            cpus[mode].append(_cpu_s() - c)
+            stages[mode].append(res.timings.get("coregister_s", 0.0))
+            infers[mode].append(res.timings.get("infer_s", 0.0))
+            co = res.coregistration
+            print(f"    round {rnd + 1} {mode:>6}: wall {walls[mode][-1]:.1f} s (infer {infers[mode][-1]:.1f} s), CPU "
+                  f"{cpus[mode][-1]:.1f} s (process + reaped workers), "
+                  f"coregister stage {stages[mode][-1]:.2f} s; {co.get('n_tie_points', 0)} windows/tie points, "
+                  f"applied {co.get('applied')}, dy {co.get('dy_px')}, dx {co.get('dx_px')}, reliability "
+                  f"{co.get('reliability')}, rmse {co.get('rmse_px')}; load average at start {load:.2f}", flush=True)
+    summary = {"preset": args.preset, "size": args.coreg_size, "shift_px": [dy, dx], "walls_s": walls,
+               "cpu_s": cpus, "coregister_s": stages, "infer_s": infers, "load_end": os.getloadavg()[0]}
+    if args.json:
+        args.json.with_name(args.json.stem + "_coreg.json").write_text(json.dumps(summary, indent=2))
+    if "off" not in modes:
+        return
+    base_min, base_med = min(walls["off"]), statistics.median(walls["off"])
     for mode, goal in (("global", 0.05), ("local", 0.15)):
-        share = stages[mode] / base
-        print(f"    {mode}: stage / off-run wall = {share:.3f} (goal <= {goal}: {'met' if share <= goal else 'NOT met'}); "
-              f"wall {mode} / off = {walls[mode] / base:.3f} (noisy on a shared machine)")
+        if mode not in modes:
+            continue
+        share = statistics.median(stages[mode]) / base_min
+        d_min = min(walls[mode]) / base_min - 1
+        d_med = statistics.median(walls[mode]) / base_med - 1
+        summary[mode] = {"stage_share": share, "wall_added_min": d_min, "wall_added_median": d_med}
+        print(f"    {mode}: median stage {statistics.median(stages[mode]):.2f} s = {100 * share:.1f} % of the best off "
+              f"wall {base_min:.1f} s (goal <= {100 * goal:.0f} %: {'met' if share <= goal else 'NOT met'}); wall "
+              f"added vs off: best-of {100 * d_min:+.1f} %, median {100 * d_med:+.1f} % (noisy on a shared machine)")
+    print(f"    load average at the end {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.with_name(args.json.stem + "_coreg.json").write_text(json.dumps(summary, indent=2))
 
 
-def write_mosaic_vrt(src: Path, dst: Path, size: int) -> Path:
-    """A ``size × size`` VRT tiling ``src`` (north-up) repeatedly from its origin."""
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process, all its threads, and its reaped children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def part_d2(args, work: Path) -> None:
+    """The co-registration's own cost without the model: per mode, the estimate (``map_scene``'s ``coregister``
+    stage) and one read of every map window through the pair's reader with the correction applied (the reads the
+    DataLoader makes), interleaved over ``--coreg-repeats`` rounds, in wall and CPU time."""
+    import statistics
+    from dataclasses import replace
+
+    from maskcd.data.synthetic import SyntheticConfig, make_scene_pair
+    from maskcd.inference.tiling import grid_windows, resolve_overlap
+    from maskcd.io import align_pair
+    from maskcd.io.coreg import estimate
+    from maskcd.io.radiometry import compute_radiometry
+    from maskcd.models import build_model
+
+    scene = make_scene_pair(work / "d", seed=41, size=args.coreg_size, cfg=SyntheticConfig(max_shift_px=0.0))
+    dy, dx = args.coreg_shift
+    after = shifted_copy(scene["after"], work / "d" / "after_shifted.tif", dy, dx) if (dy or dx) else scene["after"]
+    spec = build_model(args.preset).inference_spec
+    pair = align_pair(scene["before"], after, spec)
+    pair = replace(pair, radiometry=compute_radiometry(pair, "auto"))
+    tile = args.tile or spec.tile_size
+    windows = grid_windows(pair.grid.height, pair.grid.width, tile, tile - resolve_overlap(tile, args.overlap))
+    modes = tuple(args.coreg_modes)
+    print(f"(d2) co-registration cost without the model: {args.coreg_size}² pair as in (d), {len(windows)} windows of "
+          f"{tile}²; per mode the estimate and one corrected read of every window, {args.coreg_repeats} interleaved "
+          f"round(s); load average {os.getloadavg()[0]:.2f}", flush=True)
+    est: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    reads: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
+    for rnd in range(args.coreg_repeats):
+        for mode in modes[rnd % len(modes):] + modes[:rnd % len(modes)]:
+            c, t = _cpu_s(), time.perf_counter()
+            co = estimate(pair, mode)
+            est[mode].append((time.perf_counter() - t, _cpu_s() - c))
+            p = replace(pair, coreg=co)
+            c, t = _cpu_s(), time.perf_counter()
+            with p.reader() as rd:
+                for w in windows:
+                    rd.read(w.row, w.col, w.height, w.width)
+            reads[mode].append((time.perf_counter() - t, _cpu_s() - c))
+            print(f"    round {rnd + 1} {mode:>6}: estimate wall {est[mode][-1][0]:.2f} s, CPU {est[mode][-1][1]:.2f} s "
+                  f"(applied {co.applied}, dy {co.dy:+.3f}, dx {co.dx:+.3f}, {co.n_tie_points} windows/tie points); "
+                  f"reading {len(windows)} windows wall {reads[mode][-1][0]:.2f} s, CPU {reads[mode][-1][1]:.2f} s; "
+                  f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    for mode in modes:
+        if not est[mode]:
+            continue
+        e_w, e_c = (statistics.median(v[i] for v in est[mode]) for i in (0, 1))
+        r_w, r_c = (statistics.median(v[i] for v in reads[mode]) for i in (0, 1))
+        print(f"    {mode:>6} medians: estimate wall {e_w:.2f} s / CPU {e_c:.2f} s; reads wall {r_w:.2f} s / CPU "
+              f"{r_c:.2f} s")
+    if args.coreg_forward:
+        # the model's share of a map: CPU time of the bare batched forward over the first windows, per window
+        model = build_model(args.preset).eval()
+        k = min(len(windows), args.coreg_forward)
+        with torch.inference_mode():
+            x = torch.zeros(args.batch_size, spec.num_bands, tile, tile)
+            model(x, x)  # warm-up
+        c = _cpu_s()
+        wall = bare_forward(model, pair, windows[:k], tile, args.batch_size, torch.device("cpu"), False)
+        cpu = _cpu_s() - c
+        print(f"    bare forward of {args.preset} over {k} windows (batch {args.batch_size}, {torch.get_num_threads()} "
+              f"threads): wall {wall:.1f} s, CPU {cpu:.1f} s (incl. reading them) = {cpu / k:.2f} CPU s per window "
+              f"-> {cpu / k * len(windows):.0f} CPU s for the {len(windows)} windows of the map; load average "
+              f"{os.getloadavg()[0]:.2f}", flush=True)
+
+
+def write_mosaic_vrt(src: Path, dst: Path, size: int, shift: tuple[float, float] = (0.0, 0.0)) -> Path:
+    """A ``size × size`` VRT tiling ``src`` (north-up) repeatedly from its origin; ``shift`` = ``(dy, dx)`` pixels moves
+    its geotransform (the content on the map, as a misregistered after image)."""
     import rasterio
 
     with rasterio.open(src) as ds:
@@ -274,7 +409,7 @@ def write_mosaic_vrt(src: Path, dst: Path, size: int) -> Path:
         dtype = {"uint8": "Byte"}[ds.dtypes[0]]
     lines = [f'<VRTDataset rasterXSize="{size}" rasterYSize="{size}">',
              f"  <SRS>{wkt.replace('&', '&amp;').replace('<', '&lt;')}</SRS>",
-             f"  <GeoTransform>{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>"]
+             f"  <GeoTransform>{t.c + shift[1] * t.a}, {t.a}, 0, {t.f + shift[0] * t.e}, 0, {t.e}</GeoTransform>"]
     for b in range(1, count + 1):
         lines.append(f'  <VRTRasterBand dataType="{dtype}" band="{b}">')
         for r in range(0, size, h):
@@ -298,11 +433,13 @@ def child_rss(args, work: Path) -> None:
     base = work / "base"
     size = args.child_rss
     before = write_mosaic_vrt(base / "bench_before.tif", work / f"before_{size}.vrt", size)
-    after = write_mosaic_vrt(base / "bench_after.tif", work / f"after_{size}.vrt", size)
-    out = work / f"rss_{size}" / "out.gpkg"
+    mode = args.child_coreg
+    shift = tuple(args.coreg_shift) if mode else (0.0, 0.0)
+    after = write_mosaic_vrt(base / "bench_after.tif", work / f"after_{size}_{mode or 'default'}.vrt", size, shift)
+    out = work / f"rss_{size}_{mode or 'default'}" / "out.gpkg"
     out.parent.mkdir(exist_ok=True)
     opts = MapOptions(model="pixel-diff", tile=args.rss_tile, overlap=64, batch_size=2, workers=1, device="cpu",
-                      overwrite=True, min_area=25.0)
+                      overwrite=True, min_area=25.0, **({"coregister": mode} if mode else {}))
     t = time.perf_counter()
     with MemorySampler() as mem:
         res = map_scene(before, after, out, opts, model=PixelDiffModel(args.rss_tile), progress=False)
@@ -311,7 +448,8 @@ def child_rss(args, work: Path) -> None:
     print(json.dumps({"size": size, "wall_s": wall, "main_hwm_mb": _vm_hwm_mb(), "peak_pss_mb": mem.peak_pss,
                       "peak_rss_sum_mb": mem.peak_rss, "workers": mem.peak_workers,
                       "ru_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                      "n_polygons": res.n_polygons, "timings": res.timings, "stage_pss_mb": stages}))
+                      "n_polygons": res.n_polygons, "timings": res.timings, "stage_pss_mb": stages,
+                      "coregistration": res.coregistration}))
     shutil.rmtree(out.parent, ignore_errors=True)
 
 
@@ -456,6 +594,48 @@ def part_c(args, work: Path) -> None:
               f"{'met' if max(peaks) < 3000 and flat < 1.5 else 'NOT met'})")
 
 
+def part_e(args, work: Path) -> None:
+    from maskcd.data.synthetic import make_scene_pair
+
+    base = work / "base"
+    make_scene_pair(base, seed=77, size=2048, prefix="bench")
+    dy, dx = args.coreg_shift
+    print(f"(e) peak RSS of the co-registration modes per scene size: VRT mosaics of a seeded 2048² synthetic pair, "
+          f"after mosaic moved by dy {dy:+.2f}, dx {dx:+.2f} px; pixel-difference model, tile {args.rss_tile}; each run "
+          f"in a child under /usr/bin/time -v; load average {os.getloadavg()[0]:.2f}", flush=True)
+    peaks: dict[tuple[str, int], float] = {}
+    for size in args.coreg_rss_sizes:
+        for mode in args.coreg_rss_modes:
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-rss", str(size), "--workdir", str(work),
+                   "--rss-tile", str(args.rss_tile), "--threads", str(args.threads), "--child-coreg", mode,
+                   "--coreg-shift", f"{dy},{dx}"]
+            if Path("/usr/bin/time").is_file():
+                cmd = ["/usr/bin/time", "-v", *cmd]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+            if proc.returncode != 0:
+                print(f"    {size}² {mode}: FAILED\n{proc.stderr[-2000:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            rss = _time_v_max_rss_mb(proc.stderr)
+            peaks[(mode, size)] = rss if rss is not None else r["main_hwm_mb"]
+            co, t = r["coregistration"], r["timings"]
+            print(f"    {size:>6}² {mode:>6}: peak RSS {rss if rss is not None else float('nan'):.0f} MB (time -v), "
+                  f"VmHWM {r['main_hwm_mb']:.0f} MB, peak PSS sum {r['peak_pss_mb']:.0f} MB; wall {r['wall_s']:.1f} s "
+                  f"(coregister {t.get('coregister_s', 0):.2f} s, infer {t.get('infer_s', 0):.1f} s); applied "
+                  f"{co.get('applied')}, dy {co.get('dy_px')}, dx {co.get('dx_px')}, {co.get('n_tie_points', 0)} "
+                  f"windows/tie points; peak PSS per stage (MB) {r.get('stage_pss_mb')}; load average "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
+    sizes = sorted(args.coreg_rss_sizes)
+    for mode in args.coreg_rss_modes:
+        if (mode, sizes[0]) in peaks and (mode, sizes[-1]) in peaks and len(sizes) > 1:
+            print(f"    {mode}: peak RSS {sizes[-1]}² / {sizes[0]}² = {peaks[(mode, sizes[-1])] / peaks[(mode, sizes[0])]:.2f}")
+    for size in sizes:
+        if ("off", size) in peaks:
+            for mode in args.coreg_rss_modes:
+                if mode != "off" and (mode, size) in peaks:
+                    print(f"    {size}²: {mode} - off = {peaks[(mode, size)] - peaks[('off', size)]:+.0f} MB")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -479,6 +659,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--child-stage", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--coreg", action="store_true", help="also run part (d): the co-registration stage")
     ap.add_argument("--coreg-size", type=int, default=2048, help="scene size of part (d)")
+    ap.add_argument("--coreg-repeats", type=int, default=2, help="interleaved rounds of off/global/local in part (d)")
+    ap.add_argument("--coreg-shift", type=lambda s: [float(v) for v in s.split(",")], default=[1.3, 0.7],
+                    help="DY,DX px by which parts (d) and (e) move the after image's geotransform")
+    ap.add_argument("--coreg-modes", type=lambda s: s.split(","), default=["off", "global", "local"],
+                    help="modes of parts (d) and (d2)")
+    ap.add_argument("--coreg-components", action="store_true",
+                    help="also run part (d2): the co-registration's estimate and corrected reads without the model")
+    ap.add_argument("--coreg-forward", type=int, default=0,
+                    help="(d2) also time the bare model forward over this many of the map's windows (CPU time)")
+    ap.add_argument("--coreg-rss", action="store_true", help="also run part (e): peak RSS of the co-registration modes")
+    ap.add_argument("--coreg-rss-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 8192])
+    ap.add_argument("--coreg-rss-modes", type=lambda s: s.split(","), default=["off", "global", "local"])
+    ap.add_argument("--child-coreg", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vectorize", action="store_true", help="also run part (b): benchmarks/vectorize.py")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write the figures of part (a) to this JSON file")
@@ -506,8 +699,12 @@ def main(argv: list[str] | None = None) -> int:
             print("(b) vectorising (benchmarks/vectorize.py):", flush=True)
             subprocess.run([sys.executable, str(REPO / "benchmarks" / "vectorize.py"), "--workdir", str(work / "b")],
                            check=False)
+        if args.coreg_components:
+            part_d2(args, work)
         if args.coreg:
             part_d(args, work)
+        if args.coreg_rss:
+            part_e(args, work)
         if not args.skip_c:
             part_c(args, work)
         if not args.skip_c2:
