@@ -19,6 +19,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from tests.conftest import HANG_TIMEOUT_S
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,8 +60,6 @@ import torch
 import maskcd
 from maskcd.models import build_model, list_models, count_parameters
 from maskcd.models.registry import config_dir
-
-from tests.conftest import HANG_TIMEOUT_S
 names = list_models()
 t0 = time.perf_counter()
 params = {}
