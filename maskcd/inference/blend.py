@@ -12,6 +12,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from maskcd.errors import ConfigError
+
 WEIGHT_FLOOR = 1e-3
 BLEND_MODES = ("cosine", "mean", "crop")
 
@@ -28,7 +30,7 @@ def _ramp_1d(n: int, overlap: int, taper_start: bool, taper_end: bool, mode: str
         # keep the core: the outer half of the overlap band defers to the neighbour ("clipping")
         ramp = np.where(np.arange(ov) < ov // 2, 0.0, 1.0)
     else:
-        raise ValueError(f"unknown blend mode {mode!r}; valid: {', '.join(BLEND_MODES)}")
+        raise ConfigError(f"unknown blend mode {mode!r}; valid: {', '.join(BLEND_MODES)}")
     if taper_start:
         w[:ov] = ramp
     if taper_end:

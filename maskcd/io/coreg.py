@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from affine import Affine
 
+from maskcd.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 Z_MIN = 10.0
@@ -443,7 +445,7 @@ def estimate(pair, mode: str) -> Coregistration:
     """Run ``--coregister MODE`` on an aligned pair and log the outcome (a warning only for a reliable, uncorrected
     shift above :data:`WARN_PX`)."""
     if mode not in MODES:
-        raise ValueError(f"--coregister must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigError(f"--coregister must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off":
         return Coregistration("off", grid_shape=(pair.grid.height, pair.grid.width))
     co = estimate_global(pair) if mode == "global" else estimate_local(pair)

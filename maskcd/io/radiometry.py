@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from maskcd.errors import InputError
+from maskcd.errors import ConfigError, InputError
 
 MODES = ("auto", "none", "percentile", "minmax")
 PERCENTILES = (2.0, 98.0)
@@ -100,10 +100,10 @@ def compute_radiometry(pair, mode: str = "auto", *, match_histogram: bool = Fals
 
     Raises:
         InputError: A band is constant or has no valid pixel over the overlap.
-        ValueError: Unknown mode.
+        ConfigError: Unknown mode.
     """
     if mode not in MODES:
-        raise ValueError(f"--scale must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigError(f"--scale must be one of {', '.join(MODES)}, got {mode!r}")
     spec = pair.spec
     target = float(spec.value_scale)
     dtypes = {"before": _dtype(pair.before, pair.bands), "after": _dtype(pair.after, pair.bands)}

@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from maskcd.data.patches import collate
 from maskcd.errors import InputError, OutputExistsError
+from maskcd.io.atomic import atomic_write
 from maskcd.options import as_int, as_number, check_value
 from maskcd.training.data import DataOptions, dataset_name, make_split
 from maskcd.training.evaluate import evaluate
@@ -131,26 +130,17 @@ def lr_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, best_f1: float, metrics: dict | None):
-    """Write a checkpoint folder atomically (temporary sibling, then rename)."""
+    """Write a checkpoint folder atomically (:func:`maskcd.io.atomic.atomic_write`: a hidden temporary folder beside
+    it, renamed into place, replacing the previous checkpoint only once the new one is complete)."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_write(folder, overwrite=True) as tmp:
+        tmp.mkdir()
         model.save_pretrained(tmp, safe_serialization=True)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                     "best_f1": best_f1}, tmp / STATE_FILE)
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_training_state(folder: Path) -> dict:

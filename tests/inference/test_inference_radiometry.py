@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import torch
 
-from maskcd.errors import InputError
+from maskcd.errors import ConfigError, InputError
 from maskcd.inference import MapOptions, map_scene
 from maskcd.inference.pipeline import map_rasters
 from maskcd.models.base import IMAGENET_MEAN, IMAGENET_STD, InferenceSpec
@@ -109,3 +109,12 @@ def test_histogram_matching_maps_the_after_date_onto_the_before_date(tmp_path, g
     print(f"mean |after - before| of the scaled windows: percentiles only {diffs[False]:.4f}, "
           f"with histogram matching {diffs[True]:.4f}")
     assert diffs[True] < 0.01 and diffs[False] > 3 * diffs[True]
+
+
+def test_unknown_scale_mode_is_a_config_error_before_any_read():
+    """Library callers (not only ``MapOptions``) get the one-line ``ConfigError`` naming the valid modes; the mode is
+    checked before the pair is touched."""
+    from maskcd.io.radiometry import MODES, compute_radiometry
+
+    with pytest.raises(ConfigError, match="--scale must be one of " + ", ".join(MODES)):
+        compute_radiometry(None, "percent")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torchgeo.samplers.utils import tile_to_chips
 
-from maskcd.errors import InputError
+from maskcd.errors import ConfigError, InputError
 from maskcd.inference.blend import WEIGHT_FLOOR, window_weights
 from maskcd.inference.store import TileStore
 from maskcd.inference.tiling import grid_windows, resolve_overlap
@@ -88,7 +88,7 @@ def test_cosine_weights_floor_edges_and_partition_of_unity():
     # raised cosine: two overlapping ramps sum to 1 across the band
     ramp = window_weights(1, 64, 16, True, True, False, False, "cosine")[0]
     np.testing.assert_allclose(ramp[:16] + ramp[::-1][:16][::-1], 1.0, atol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="unknown blend mode 'nope'"):
         window_weights(8, 8, 2, False, False, False, False, "nope")
 
 

@@ -9,6 +9,7 @@ import pytest
 import rasterio
 from scipy import ndimage
 
+from maskcd.errors import ConfigError
 from maskcd.io import align_pair
 from maskcd.io.coreg import MIN_APPLY_PX, estimate, estimate_global, match_window, to_gray
 from maskcd.models.base import InferenceSpec
@@ -105,5 +106,5 @@ def test_off_estimates_nothing(tmp_path, shared_data):
     before = write_crop(src, tmp_path / "before.tif", 100, 100, 128)
     co = estimate(align_pair(before, before, SPEC, bands=[1, 2, 3]), "off")
     assert co.to_metadata()["mode"] == "off" and not co.applied and co.n_tie_points == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="--coregister must be one of"):
         estimate(align_pair(before, before, SPEC, bands=[1, 2, 3]), "sideways")
