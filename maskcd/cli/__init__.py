@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 import traceback
@@ -25,6 +26,16 @@ EXIT_BAD_INPUT = 2
 """Exit code of a :class:`MaskCDError` (bad input, output exists, bad checkpoint, full disk...)."""
 EXIT_BUG = 1
 """Exit code of anything unexpected (a bug): the traceback is printed."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` whose usage errors (unknown flag, ``--tile abc``, missing argument) are one
+    line, ``PROG: error: MESSAGE (see PROG --help)``, with exit code 2 like every other bad input; sub-command parsers
+    made by ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str):
+        first = message.splitlines()[0] if message else "invalid arguments"
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {first} (see {self.prog} --help)\n")
 
 
 def one_line_errors(prog: str):

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 from maskcd.errors import InputError
 from maskcd.inference.options import MapOptions
 from maskcd.options import given_flags, load_options
@@ -31,7 +31,7 @@ def _assets(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from maskcd.cli.map import add_mapping_args
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog=PROG,
         description="Map change for every site of a catalog (CSV, GeoPackage or GeoJSON with site_id, before, after "
         "[, before_date, after_date, AOI geometry], or site_id, date, path per image for time series).",

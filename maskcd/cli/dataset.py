@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 from maskcd.errors import InputError
 from maskcd.io.atomic import atomic_write, check_target
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maskcd-dataset", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="maskcd-dataset", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("-o", "--output", required=True, help="folder for save_to_disk")
     common.add_argument("--val-fraction", type=float, default=0.2)
     common.add_argument("--test-fraction", type=float, default=0.2)

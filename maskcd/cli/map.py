@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 from maskcd.errors import InputError
 from maskcd.inference.blend import BLEND_MODES
 from maskcd.inference.options import MapOptions
@@ -70,7 +70,7 @@ def add_mapping_args(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Map changes between two co-located GeoTIFFs into a GeoPackage.")
+    p = ArgumentParser(prog=PROG, description="Map changes between two co-located GeoTIFFs into a GeoPackage.")
     p.add_argument("before", nargs="?", help="earlier image (its grid is the reference)")
     p.add_argument("after", nargs="?", help="later image (warped onto the before grid)")
     p.add_argument("-o", "--output", required=True, help="GeoPackage to write")

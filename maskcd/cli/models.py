@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 
 import torch
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 from maskcd.models import build_model, count_parameters, list_models
 from maskcd.models.registry import preset_info, task_aliases
 
 
 @one_line_errors("maskcd-models")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maskcd-models", description="List registered change-detection models.")
+    parser = ArgumentParser(prog="maskcd-models", description="List registered change-detection models.")
     parser.add_argument("names", nargs="*", help="only these presets (default: all)")
     parser.add_argument("--published", action="store_true",
                         help="list the task aliases (--model mining, ...) with their Hub ids and source table rows")

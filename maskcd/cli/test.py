@@ -12,12 +12,12 @@ import argparse
 import json
 from pathlib import Path
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 from maskcd.io.atomic import write_text_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maskcd-test", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="maskcd-test", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="DatasetDict folder, Hub id, or scene catalog")
     p.add_argument("--model", required=True, help="model folder (e.g. exp/X/best_f1), preset or Hub id")
     p.add_argument("--split", default="test")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskcd.cli import one_line_errors
+from maskcd.cli import ArgumentParser, one_line_errors
 
 
 #: option name → the flag's argparse ``dest``, where they differ (``--no-augment`` sets ``augment``)
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     from maskcd.training.trainer import MIXED_PRECISION, OPTIMIZERS, TrainConfig
 
     d = TrainConfig(dataset="-")
-    p = argparse.ArgumentParser(prog="maskcd-train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="maskcd-train", description=__doc__.split("\n")[0])
     p.add_argument("dataset_pos", nargs="?", metavar="DATASET", help="same as --dataset")
     p.add_argument("--config", help="YAML file of options (keys = option names with _), e.g. configs/train-*.yaml")
     p.add_argument("--dataset", help="DatasetDict folder, Hub id, or scene catalog (.yaml/.json)")

@@ -107,3 +107,28 @@ def test_models_cli_unknown_name_exit_2_in_a_process():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         proc.stderr.strip()] and "maskcd-models: error: unknown model 'no-such-preset'" in proc.stderr
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("map", ["b.tif", "a.tif", "-o", "o.gpkg", "--tile", "abc"], "argument --tile: invalid int value: 'abc'"),
+    ("map", ["b.tif", "a.tif", "-o", "o.gpkg", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ("batch", ["sites.csv", "-o", "out", "--force", "--resume"], "not allowed with argument"),
+    ("train", ["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    ("test", [], "the following arguments are required"),
+    ("dataset", ["scenes", "c.yaml", "-o", "d", "--tile", "x"], "argument --tile: invalid int value: 'x'"),
+    ("models", ["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_usage_errors_are_one_line_exit_2(module, argv, expected, capsys):
+    """A wrong flag is bad input like any other: one line naming it and pointing at --help, exit code 2 (argparse's
+    own error printed the whole usage block first)."""
+    import importlib
+
+    main = importlib.import_module(f"maskcd.cli.{module}").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    prog = f"maskcd-{module}" + (" scenes" if module == "dataset" else "")
+    assert len(err) == 1 and err[0].startswith(f"{prog}: error: ") and expected in err[0], err
+    assert err[0].endswith(f"(see {prog} --help)") and captured.out == ""
