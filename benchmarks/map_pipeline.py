@@ -531,6 +531,20 @@ def _time_v_max_rss_mb(stderr: str) -> float | None:
     return None
 
 
+def _run_measured_child(cmd: list[str], label: str) -> tuple[dict, float | None, float] | None:
+    """Run a benchmark child under ``/usr/bin/time -v`` (when installed): its JSON line, the peak RSS that ``time -v``
+    reports (None without it) and the figure to compare (that RSS, else the child's own VmHWM). None if it failed."""
+    if Path("/usr/bin/time").is_file():
+        cmd = ["/usr/bin/time", "-v", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        print(f"    {label}: FAILED\n{proc.stderr[-2000:]}")
+        return None
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss = _time_v_max_rss_mb(proc.stderr)
+    return r, rss, rss if rss is not None else r["main_hwm_mb"]
+
+
 def part_c2(args, work: Path) -> None:
     print(f"(c2) vectorise + write stage on noise-like rasters ({', '.join(f'{s}²' for s in args.stage_sizes)}), "
           "each in a child process under /usr/bin/time -v")
@@ -541,15 +555,10 @@ def part_c2(args, work: Path) -> None:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child-stage", str(size), "--workdir", str(work)]
             if holding:
                 cmd.append("--holding")
-            if Path("/usr/bin/time").is_file():
-                cmd = ["/usr/bin/time", "-v", *cmd]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-            if proc.returncode != 0:
-                print(f"    {size}²: FAILED\n{proc.stderr[-2000:]}")
+            measured = _run_measured_child(cmd, f"{size}²")
+            if measured is None:
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rss = _time_v_max_rss_mb(proc.stderr)
-            peaks[(size, holding)] = rss if rss is not None else r["main_hwm_mb"]
+            r, rss, peaks[(size, holding)] = measured
             print(f"    {'holding all' if holding else 'streamed   '} {size:>6}²: {r['n_polygons']:>7} polygons, peak RSS "
                   f"{rss if rss is not None else float('nan'):.0f} MB (/usr/bin/time -v; VmHWM {r['main_hwm_mb']:.0f} MB, of which "
                   f"{r['main_hwm_mb'] - r['imports_mb']:.0f} MB above the imports), "
@@ -609,15 +618,10 @@ def part_e(args, work: Path) -> None:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child-rss", str(size), "--workdir", str(work),
                    "--rss-tile", str(args.rss_tile), "--threads", str(args.threads), "--child-coreg", mode,
                    "--coreg-shift", f"{dy},{dx}"]
-            if Path("/usr/bin/time").is_file():
-                cmd = ["/usr/bin/time", "-v", *cmd]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-            if proc.returncode != 0:
-                print(f"    {size}² {mode}: FAILED\n{proc.stderr[-2000:]}")
+            measured = _run_measured_child(cmd, f"{size}² {mode}")
+            if measured is None:
                 continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            rss = _time_v_max_rss_mb(proc.stderr)
-            peaks[(mode, size)] = rss if rss is not None else r["main_hwm_mb"]
+            r, rss, peaks[(mode, size)] = measured
             co, t = r["coregistration"], r["timings"]
             print(f"    {size:>6}² {mode:>6}: peak RSS {rss if rss is not None else float('nan'):.0f} MB (time -v), "
                   f"VmHWM {r['main_hwm_mb']:.0f} MB, peak PSS sum {r['peak_pss_mb']:.0f} MB; wall {r['wall_s']:.1f} s "
