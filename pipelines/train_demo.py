@@ -153,10 +153,15 @@ def compare(args, catalog: Path, log_dir: Path) -> int:
             ba.append(spec.normalize(radiometric_jitter(a, gen, cfg.data.jitter)))
             bb.append(spec.normalize(radiometric_jitter(b, gen, cfg.data.jitter)))
             bl.append(lab)
-        epoch = step // cfg.max_steps_per_epoch
-        for g in opt.param_groups:  # the same per-epoch schedule as maskcd.training
-            g["lr"] = cfg.learning_rate * trainer.lr_factor(epoch, epochs, cfg.warmup_epochs,
-                                                            min(1.0, cfg.min_lr / cfg.learning_rate))
+        min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
+        if cfg.lr_schedule == "step":  # the same schedule as maskcd.training
+            per_epoch = cfg.max_steps_per_epoch
+            total, warmup = epochs * per_epoch, cfg.warmup_steps or cfg.warmup_epochs * per_epoch
+            factor = trainer.lr_factor(step, total, warmup, min_ratio)
+        else:
+            factor = trainer.lr_factor(step // cfg.max_steps_per_epoch, epochs, cfg.warmup_epochs, min_ratio)
+        for g in opt.param_groups:
+            g["lr"] = cfg.learning_rate * factor
         loss = model(torch.stack(ba), torch.stack(bb), labels=torch.stack(bl)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,7 +22,7 @@ RENAMED = {"augment": "no_augment"}
 def build_parser() -> argparse.ArgumentParser:
     """Flags default to ``None``: the defaults live in :class:`~maskcd.training.trainer.TrainConfig` (shown here in
     the help), so only the flags given override ``--config``."""
-    from maskcd.training.trainer import MIXED_PRECISION, OPTIMIZERS, TrainConfig
+    from maskcd.training.trainer import LR_SCHEDULES, MIXED_PRECISION, OPTIMIZERS, TrainConfig
 
     d = TrainConfig(dataset="-")
     p = ArgumentParser(prog="maskcd-train", description=__doc__.split("\n")[0])
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", metavar="{" + ",".join(OPTIMIZERS) + "}", help=f"default {d.optimizer}")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--warmup-epochs", type=int, help=f"default {d.warmup_epochs}")
+    p.add_argument("--lr-schedule", metavar="{" + ",".join(LR_SCHEDULES) + "}",
+                   help=f"step the cosine schedule once per epoch or per optimizer step (default {d.lr_schedule})")
+    p.add_argument("--warmup-steps", type=int, help="warm-up in optimizer steps (--lr-schedule step; default 0)")
     p.add_argument("--min-lr", type=float, help=f"cosine floor (default {d.min_lr})")
     p.add_argument("--grad-accum", type=int, help=f"gradient accumulation steps (default {d.grad_accum})")
     p.add_argument("--clip-grad", type=float, help=f"max gradient norm (0 = off; default {d.clip_grad})")

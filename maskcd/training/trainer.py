@@ -1,7 +1,9 @@
 """Training loop on ``accelerate``: the published MaskCD recipe (github.com/EricYu97/MaskCD) with its bugs fixed.
 
-* Adam/AdamW, learning rate per process batch; **per-epoch** cosine schedule (``eta_min`` = ``min_lr``) after a
-  linear warm-up of ``warmup_epochs`` (the published scripts step a ``T_max=100`` cosine every *iteration*).
+* Adam/AdamW, learning rate per process batch; cosine schedule (``eta_min`` = ``min_lr``) after a linear warm-up,
+  stepped once per epoch (``lr_schedule: epoch``, warm-up ``warmup_epochs``) or once per optimizer step
+  (``lr_schedule: step``, warm-up ``warmup_steps``, or ``warmup_epochs`` worth of steps), as transformers'
+  ``get_cosine_schedule_with_warmup`` does (the published scripts step a ``T_max=100`` cosine every *iteration*).
 * bf16 autocast on GPU (``accelerate`` mixed precision), gradient accumulation, gradient clipping, seed.
 * Validation on the ``val`` split every ``val_every`` epochs (and after the last); F1 from TP/FP/FN summed over the
   split and all processes (:mod:`maskcd.training.evaluate`). ``best_f1/`` is written when F1 improves (the published
@@ -35,6 +37,7 @@ STATE_FILE = "training_state.pt"
 
 
 OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("epoch", "step")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 
 
@@ -56,6 +59,8 @@ class TrainConfig:
     optimizer: str = "adam"
     epochs: int = 100
     warmup_epochs: int = 0
+    lr_schedule: str = "epoch"
+    warmup_steps: int = 0
     min_lr: float = 1e-7
     grad_accum: int = 1
     clip_grad: float | None = 1.0
@@ -85,7 +90,8 @@ class TrainConfig:
             check_value(isinstance(getattr(self, name), str) and getattr(self, name) != "", name, value,
                         "a folder, file, preset name or Hub id")
         for name, low in (("batch_size", 1), ("epochs", 1), ("grad_accum", 1), ("val_every", 1),
-                          ("val_batch_size", 1), ("warmup_epochs", 0), ("num_workers", 0)):
+                          ("val_batch_size", 1), ("warmup_epochs", 0), ("warmup_steps", 0),
+                          ("num_workers", 0)):
             setattr(self, name, as_int(getattr(self, name), name, f"an integer >= {low}"))
             check_value(getattr(self, name) >= low, name, getattr(self, name), f"an integer >= {low}")
         self.seed = as_int(self.seed, "seed", "an integer")
@@ -105,6 +111,11 @@ class TrainConfig:
         check_value(isinstance(self.optimizer, str) and self.optimizer.lower() in OPTIMIZERS, "optimizer",
                     self.optimizer, " | ".join(OPTIMIZERS))
         self.optimizer = self.optimizer.lower()
+        check_value(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule, " | ".join(LR_SCHEDULES))
+        check_value(self.lr_schedule == "step" or self.warmup_steps == 0, "warmup_steps", self.warmup_steps,
+                    "0 with lr_schedule epoch (use warmup_epochs, or lr_schedule step)")
+        check_value(self.warmup_steps == 0 or self.warmup_epochs == 0, "warmup_steps", self.warmup_steps,
+                    "0 when warmup_epochs is set (give the warm-up one way)")
         check_value(self.mixed_precision in MIXED_PRECISION, "mixed_precision", self.mixed_precision,
                     " | ".join(MIXED_PRECISION))
         if self.resume is not None:
@@ -121,7 +132,8 @@ POSTFIX_EVERY = 20
 
 
 def lr_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate multiplier of ``epoch`` (0-based): linear warm-up, then cosine down to ``min_ratio``."""
+    """Learning-rate multiplier of ``epoch`` (0-based) out of ``epochs`` (epochs or optimizer steps, whichever the
+    schedule counts): linear warm-up over ``warmup``, then cosine towards ``min_ratio`` (reached one past the last)."""
     if epoch < warmup:
         return (epoch + 1) / (warmup + 1)
     span = max(1, epochs - warmup)
@@ -199,16 +211,22 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                         num_workers=cfg.num_workers, generator=gen)
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam  # checked by validate()
     optimizer = optimizer_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(e, cfg.epochs, cfg.warmup_epochs, min_ratio))
+    if cfg.lr_schedule == "step":  # stepped after every optimizer step (of this process's share of the loader)
+        batches = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+        per_epoch = math.ceil(batches / cfg.grad_accum)
+        total, warmup = cfg.epochs * per_epoch, cfg.warmup_steps or cfg.warmup_epochs * per_epoch
+    else:
+        total, warmup = cfg.epochs, cfg.warmup_epochs
+    # a plain LambdaLR: `accelerator.prepare` is not given it, so it is stepped exactly where this loop says
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, total, warmup, min_ratio))
     start_epoch, best_f1 = 0, -1.0
     if resume_dir is not None:
         state = load_training_state(resume_dir)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_f1 = int(state["epoch"]) + 1, float(state["best_f1"])
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +255,8 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if cfg.lr_schedule == "step" and accelerator.sync_gradients:
+                    scheduler.step()
             n = batch["image_a"].shape[0]
             total_loss += loss.detach().float() * n
             n_pairs += n
@@ -251,8 +271,9 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
         sums = accelerator.reduce(torch.stack([total_loss, torch.tensor(float(n_pairs), device=accelerator.device)]),
                                   "sum")
         total_loss, n_pairs = float(sums[0]), int(sums[1])
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        lr = optimizer.param_groups[0]["lr"]  # per-step schedule: the rate the next step will use
+        if cfg.lr_schedule == "epoch":
+            scheduler.step()
         record = {"epoch": epoch, "loss": total_loss / max(n_pairs, 1), "lr": lr, "pairs": n_pairs,
                   "pairs_per_s": n_pairs / max(elapsed, 1e-9), "seconds": elapsed}
         if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:

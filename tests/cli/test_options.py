@@ -294,6 +294,10 @@ def test_map_scene_checks_options_changed_after_construction(tmp_path):
     ({"learning_rate": 0}, "invalid learning_rate 0: use a positive number"),
     ({"mixed_precision": "fp8"}, "invalid mixed_precision 'fp8': use auto | no | bf16 | fp16"),
     ({"warmup_epochs": -1}, "invalid warmup_epochs -1: use an integer >= 0"),
+    ({"lr_schedule": "iteration"}, "invalid lr_schedule 'iteration': use epoch | step"),
+    ({"warmup_steps": 30}, "invalid warmup_steps 30: use 0 with lr_schedule epoch"),
+    ({"lr_schedule": "step", "warmup_steps": 30, "warmup_epochs": 1},
+     "invalid warmup_steps 30: use 0 when warmup_epochs"),
     ({"clip_grad": -1.0}, "invalid clip_grad -1.0"),
     ({"dataset": ""}, "invalid dataset ''"),
 ])

@@ -58,6 +58,27 @@ def test_catalog_trains_with_torchgeo_samplers_and_resumes(catalog, tmp_path, ca
     assert (out / "best_f1" / "model.safetensors").is_file()
 
 
+def test_per_step_schedule_steps_after_every_optimizer_step_and_resumes(catalog, tmp_path):
+    """``--lr-schedule step``: the cosine advances once per optimizer step (2 per epoch here), warm-up in steps, and a
+    resumed run continues the count (per-epoch stepping would leave ``last_epoch`` at 2 and 3)."""
+    from maskcd.cli.train import main
+    from maskcd.training.trainer import lr_factor
+
+    out = tmp_path / "exp"
+    base = ["--dataset", str(catalog), "--model", "maskcd-tiny", "--batch-size", "2", "--learning-rate", "1e-3",
+            "--min-lr", "1e-5", "--val-every", "2", "--crop", "48", "--stride", "48", "--chips-per-site", "2",
+            "--lr-schedule", "step", "--warmup-steps", "1", "--output-dir", str(out), "--seed", "1"]
+    assert main([*base, "--epochs", "2", "--max-steps-per-epoch", "2"]) == 0
+    state = torch.load(out / "last" / "training_state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 4  # 2 epochs x 2 optimizer steps
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # the rate the next step uses, after 2 and 4 of the 4 steps (1 warm-up step, then cosine to 1e-5)
+    assert [r["lr"] for r in lines] == pytest.approx([1e-3 * lr_factor(s, 4, 1, 0.01) for s in (2, 4)])
+    assert lines[0]["lr"] > lines[1]["lr"]
+    assert main([*base, "--epochs", "3", "--max-steps-per-epoch", "2", "--resume", str(out / "last")]) == 0
+    assert torch.load(out / "last" / "training_state.pt", weights_only=True)["scheduler"]["last_epoch"] == 6
+
+
 def test_two_process_training_matches_one_process_loss_scale(catalog, tmp_path):
     """torchrun with 2 gloo ranks trains the same chips; the epoch loss keeps the single-process scale (transformers'
     Mask2Former loss would double its mask/dice terms under 2 processes without the num_masks fix)."""
