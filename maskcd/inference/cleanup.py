@@ -10,7 +10,8 @@
   live run holds a lock there.
 * Reader processes exit within about a second of their parent's death: DataLoader workers call
   :func:`die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a thread
-  that watches ``os.getppid()``, which also ends a worker blocked on a full queue). Dask worker processes of
+  that watches ``os.getppid()``, which also ends a worker blocked on a full queue), and so do the worker processes
+  of the vectorisation's ``processes`` scheduler (their pool's initializer). Dask worker processes of
   ``maskcd-batch`` already exit when their nanny dies (distributed's parent-alive pipe).
 """
 
@@ -205,7 +206,8 @@ def _die_with_parent(worker_id: int, *, parent_pid: int, init=None) -> None:
 
 
 def die_with_parent(init=None):
-    """A DataLoader ``worker_init_fn`` that makes each worker exit within about a second of this process's death.
+    """A DataLoader ``worker_init_fn`` (or, called with one argument, a process pool ``initializer``) that makes each
+    worker exit within about a second of this process's death.
 
     Args:
         init: Another ``worker_init_fn`` to call afterwards.

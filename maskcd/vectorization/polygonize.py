@@ -22,12 +22,14 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
    as simplifying all of them together), made valid, promoted to MultiPolygon and mapped to the raster CRS through
    the geotransform.
 
-Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`). Blobs complete as
+Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`), one step ahead of the
+driver: the next step's tasks run while the driver merges, numbers and writes the current one. Blobs complete as
 soon as no piece of theirs touches the bottom of the newest chunk row (:class:`BlobMerger`); they are simplified per
 cluster of intersecting convex hulls once nothing still to come can touch the cluster, and yielded in ``change_id``
 order (:class:`_Releaser`), in batches of :data:`BATCH_ROWS`. Memory: one chunk per worker (``chunk_size²`` × about
-11 bytes) plus one chunk row of polygons (the row being merged and released) and one output batch, whatever the number
-of polygons (``benchmarks/map_pipeline.py`` c2; ``benchmarks/results/issue15.md``).
+11 bytes), the results of the step being computed, one chunk row of polygons (the row being merged and released) and
+one output batch, whatever the number of polygons (``benchmarks/map_pipeline.py`` c2;
+``benchmarks/results/issue15.md``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import os
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,7 +454,16 @@ def _blob_frame(rows: list[Blob]) -> pd.DataFrame:
 
 
 class _Executor:
-    """Runs chunk tasks batch by batch on one Dask scheduler (a ``distributed`` LocalCluster lives for the run)."""
+    """Runs chunk tasks batch by batch on one Dask scheduler, with the workers kept for the whole run.
+
+    - ``threads``: Dask's threaded scheduler.
+    - ``processes``: Dask's multiprocessing scheduler on one process pool for the run (forked on Linux: the workers
+      inherit the imported modules), one task per dispatch (Dask's default of 6 tasks per dispatch left one worker
+      idle while the other ran most of a chunk row). The workers die with the process that started them
+      (:func:`maskcd.inference.cleanup.die_with_parent`).
+    - ``distributed``: a ``distributed`` LocalCluster of single-thread worker processes.
+    - ``synchronous``, or one task, or one worker: inline.
+    """
 
     def __init__(self, scheduler: str, n_workers: int, n_tasks: int):
         if scheduler not in SCHEDULERS:
@@ -459,7 +471,7 @@ class _Executor:
         if n_tasks <= 1 or n_workers <= 1:
             scheduler = "synchronous"
         self.scheduler, self.n_workers = scheduler, n_workers
-        self._cluster = self._client = None
+        self._cluster = self._client = self._pool = None
 
     def __enter__(self) -> _Executor:
         if self.scheduler == "distributed":
@@ -468,23 +480,77 @@ class _Executor:
             self._cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
                                          dashboard_address=":0", memory_limit=0)
             self._client = Client(self._cluster)
+        elif self.scheduler == "processes":
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            from maskcd.inference.cleanup import die_with_parent
+
+            method = "fork" if sys.platform == "linux" else None  # fork: no 1-2 s re-import per worker
+            self._pool = ProcessPoolExecutor(self.n_workers, mp_context=multiprocessing.get_context(method),
+                                             initializer=die_with_parent(), initargs=(0,))
         return self
 
     def __exit__(self, *exc) -> None:
         if self._client is not None:
             self._client.close()
             self._cluster.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def compute(self, tasks) -> list:
         import dask
 
         if self._client is not None:
             return list(self._client.compute(tasks, sync=True))
-        config = {}
-        if self.scheduler == "processes" and sys.platform == "linux":
-            config["multiprocessing.context"] = "fork"  # workers inherit the imported modules: no 1-2 s re-import
-        with dask.config.set(config):
-            return list(dask.compute(*tasks, scheduler=self.scheduler, num_workers=self.n_workers))
+        if self._pool is not None:
+            return list(dask.compute(*tasks, scheduler="processes", pool=self._pool, chunksize=1))
+        return list(dask.compute(*tasks, scheduler=self.scheduler, num_workers=self.n_workers))
+
+
+AHEAD_MAX_POLYGONS = 8192
+"""A step whose chunks hold more polygons than this is merged before the next step starts (see :class:`_StepsAhead`)."""
+
+
+class _StepsAhead:
+    """Computes the chunk steps in order, one step ahead of the driver while the steps are light.
+
+    ``take(k)`` returns step ``k``'s results and, when they hold at most :data:`AHEAD_MAX_POLYGONS` polygons, starts
+    step ``k + 1`` on the executor from a background thread: the next chunk row's tasks then run while the driver
+    merges, simplifies, numbers and writes this one (serial work that left the workers idle for about a quarter of
+    the stage on sparse change; the tasks hardly hold the GIL, ``benchmarks/vectorize_gil.py``). With dense change
+    the driver's work is the longer part, so running ahead gains nothing there and would only add the next step's
+    task memory to the merge's; such a step is merged first. At most two steps' results are alive. With the
+    synchronous scheduler (one worker, or one task) everything runs inline.
+    """
+
+    def __init__(self, ex: _Executor, steps: list[list]):
+        self.ex, self.steps, self._next = ex, steps, None
+        self._pool = (ThreadPoolExecutor(1, thread_name_prefix="maskcd-chunks")
+                      if ex.scheduler != "synchronous" and len(steps) > 1 else None)
+        self.n_ahead = 0
+
+    def take(self, k: int) -> list:
+        if self._next is not None and self._next[0] == k:
+            results = self._next[1].result()
+        else:
+            results = self.ex.compute(self.steps[k])
+        self._next = None
+        light = sum(len(r.labels) for r in results) <= AHEAD_MAX_POLYGONS
+        if self._pool is not None and k + 1 < len(self.steps) and light:
+            self._next = (k + 1, self._pool.submit(self.ex.compute, self.steps[k + 1]))
+            self.n_ahead += 1
+        return results
+
+    def close(self) -> None:
+        """Waits for a step still running (a consumer that stops early, or an error): no task outlives the stage."""
+        if self._next is not None:
+            self._next[1].cancel()
+            self._next = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _metric_info(grid: _Grid) -> tuple[float, float | None]:
@@ -618,11 +684,12 @@ One call over a whole chunk row (about 17,000 noise blobs at 16k px width) built
 and cost more per polygon than calls over a few hundred."""
 
 
-def _simplify_clusters(geoms: np.ndarray, comp: np.ndarray, tolerance: float) -> np.ndarray:
+def _simplify_clusters(geoms: np.ndarray, comp: np.ndarray, tolerance: float, map_fn=map) -> np.ndarray:
     """Coverage-simplify ``geoms`` cluster by cluster (``comp``: cluster id per geometry), in groups of whole clusters.
 
     Clusters do not interact (see :class:`_Releaser`), so this equals one call over all of them; inside a group the
-    geometries keep their input order.
+    geometries keep their input order. ``map_fn`` maps the groups (a thread pool's ``map`` runs them in parallel:
+    GEOS runs without the GIL).
     """
     out = np.empty(len(geoms), dtype=object)
     if not len(geoms):
@@ -631,8 +698,9 @@ def _simplify_clusters(geoms: np.ndarray, comp: np.ndarray, tolerance: float) ->
     group = ((np.cumsum(counts) - counts) // SIMPLIFY_GROUP)[inv]  # clusters starting in one block share a group
     order = np.argsort(group, kind="stable")
     bounds = np.flatnonzero(np.diff(group[order])) + 1
-    for sel in np.split(order, bounds):
-        out[sel] = shapely.coverage_simplify(geoms[sel], tolerance)
+    sels = np.split(order, bounds)
+    for sel, simple in zip(sels, map_fn(lambda sel: shapely.coverage_simplify(geoms[sel], tolerance), sels)):
+        out[sel] = simple
     return out
 
 
@@ -648,8 +716,8 @@ class _Releaser:
       could still come before it (held, open, or in unread rows) is known.
     """
 
-    def __init__(self, st: _Setup):
-        self.st = st
+    def __init__(self, st: _Setup, map_fn=map):
+        self.st, self.map_fn = st, map_fn
         self.held: list[Blob] = []  # complete, filtered, normalised; not simplified yet
         self.ready: list[Blob] = []  # simplified, waiting for their turn
 
@@ -694,7 +762,7 @@ class _Releaser:
                 idx = idx[np.lexsort(([self.held[k][6] for k in idx], [self.held[k][5] for k in idx]))]
                 done = geoms[idx]
                 if self.st.tolerance_px > 0:
-                    done = _simplify_clusters(done, comp[idx], self.st.tolerance_px)
+                    done = _simplify_clusters(done, comp[idx], self.st.tolerance_px, self.map_fn)
                 self.ready.extend((g, *self.held[k][1:]) for g, k in zip(done, idx))
                 self.held = [b for b, c in zip(self.held, closed) if not c]
             if self.held:
@@ -753,7 +821,9 @@ def iter_changes(
     """Polygonise a change mask chunk row by chunk row, yielding GeoDataFrame batches in ``change_id`` order.
 
     Same arguments and columns as :func:`vectorize_changes`, which concatenates the batches. Chunks are computed a few
-    rows at a time, merged as they come (:class:`BlobMerger`) and each finished polygon is yielded once (batches of
+    rows at a time, one step ahead of the merge (:class:`_StepsAhead`: the workers compute the next rows while this
+    generator merges the current ones and its consumer writes them), merged as they come (:class:`BlobMerger`) and
+    each finished polygon is yielded once (batches of
     about ``batch_rows``; at least one batch, empty with the full schema when there is no change), so memory stays
     bounded by the chunks in flight and the polygons near the current chunk-row border, not by the number of polygons.
     ``stats``, when given, receives the timings, the chunking and the most polygons held at once.
@@ -779,45 +849,58 @@ def iter_changes(
     merger, releaser = BlobMerger(), _Releaser(st)
     timings = {"chunks_s": 0.0, "merge_s": 0.0, "finish_s": 0.0}
     next_id, yielded, peak_held, buffer = 1, False, 0, []
+    chunk_rows = sorted(by_row)
+    steps = [chunk_rows[s0:s0 + rows_per_step] for s0 in range(0, len(chunk_rows), rows_per_step)]
     with _Executor(scheduler, n_workers, n_tasks) as ex, warnings.catch_warnings():
         # once here for the threads (the filter list is process-wide), again per task
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        chunk_rows = sorted(by_row)
-        for s0 in range(0, len(chunk_rows), rows_per_step):
-            step = chunk_rows[s0:s0 + rows_per_step]
-            t0 = time.perf_counter()
-            results = ex.compute([t for i in step for t in by_row[i]])
-            t1 = time.perf_counter()
-            for i in step:
-                releaser.add(merger.add_row([r for r in results if r.index[0] == i]))
-            del results
-            last = s0 + rows_per_step >= len(chunk_rows)
-            # below the last row nothing is left to read: every blob, even one ending on the raster's edge, is final
-            next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
-            buffer.extend(releaser.release(next_row, merger.pending_first()))
-            peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
-            _trim_heap()
-            t2 = time.perf_counter()
-            timings["chunks_s"] += t1 - t0
-            timings["merge_s"] += t2 - t1
-            while buffer and (len(buffer) >= batch_rows or last):
+        ahead = _StepsAhead(ex, [[t for i in step for t in by_row[i]] for step in steps])
+        helpers = None
+        try:
+            if ex.scheduler != "synchronous" and st.tolerance_px > 0:
+                # the driver's cluster simplification runs on a small thread pool too: GEOS releases the GIL
+                helpers = ThreadPoolExecutor(n_workers, thread_name_prefix="maskcd-simplify")
+                releaser.map_fn = helpers.map
+            for k, step in enumerate(steps):
+                t0 = time.perf_counter()
+                results = ahead.take(k)  # and starts computing step k + 1 while this one is merged and written
+                t1 = time.perf_counter()
+                for i in step:
+                    releaser.add(merger.add_row([r for r in results if r.index[0] == i]))
+                del results
+                last = k + 1 == len(steps)
+                # below the last row nothing is left to read: every blob, even one ending on the raster's edge, is
+                # final
+                next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
+                buffer.extend(releaser.release(next_row, merger.pending_first()))
+                peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
+                _trim_heap()
                 t2 = time.perf_counter()
-                out = _finish(buffer[:batch_rows], st, next_id)
-                del buffer[:batch_rows]
-                timings["finish_s"] += time.perf_counter() - t2
-                next_id += len(out)
-                if len(out):
-                    yielded = True
-                    yield out
-                del out
-            _trim_heap()
+                timings["chunks_s"] += t1 - t0
+                timings["merge_s"] += t2 - t1
+                while buffer and (len(buffer) >= batch_rows or last):
+                    t2 = time.perf_counter()
+                    out = _finish(buffer[:batch_rows], st, next_id)
+                    del buffer[:batch_rows]
+                    timings["finish_s"] += time.perf_counter() - t2
+                    next_id += len(out)
+                    if len(out):
+                        yielded = True
+                        yield out
+                    del out
+                _trim_heap()
+        finally:
+            ahead.close()
+            if helpers is not None:
+                helpers.shutdown(wait=True, cancel_futures=True)
     if merger.pieces or releaser.n_held():  # cannot happen: the last row closes everything
         raise RuntimeError(f"{mask_path}: {len(merger.pieces)} pieces and {releaser.n_held()} polygons left unmerged")
     if not yielded:
         yield _finish([], st, 1)
     if stats is not None:
         stats.update(timings=timings, chunks={"n": n_tasks, "size": st.size, "scheduler": scheduler,
-                                              "n_workers": n_workers}, peak_polygons_held=peak_held)
+                                              "n_workers": n_workers, "steps": len(steps),
+                                              "steps_run_ahead": ahead.n_ahead}, peak_polygons_held=peak_held)
     log.info("vectorised %s: %d chunks of %d px, %d polygons", mask_path, n_tasks, st.size, next_id - 1)
 
 

@@ -166,3 +166,54 @@ def test_a_live_lock_held_by_another_process_is_respected(tmp_path):
     finally:
         holder.kill()
         holder.stdout.close()
+
+
+VECTORIZE_CHILD = r"""
+import os, sys, time
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from maskcd.vectorization import iter_changes
+from maskcd.vectorization import polygonize as mod
+
+folder = sys.argv[1]
+mask = np.zeros((64, 64), np.uint8)
+mask[5:20, 5:20] = 1
+path = os.path.join(folder, "mask.tif")
+with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", nodata=255,
+                   crs="EPSG:32633", transform=from_origin(500000, 5100000, 1, 1)) as dst:
+    dst.write(mask, 1)
+real = mod.polygonize_chunk
+
+def stuck(*args):  # every chunk task reports its worker's pid, then blocks
+    with open(os.path.join(folder, f"worker.{os.getpid()}"), "w"):
+        pass
+    time.sleep(600)
+    return real(*args)
+
+mod.polygonize_chunk = stuck
+list(iter_changes(path, None, min_area_m2=0, simplify_m=None, attributes={}, chunk_size=16, n_workers=2,
+                  scheduler="processes"))
+"""
+
+
+def test_vectorize_worker_processes_die_with_a_killed_run(tmp_path):
+    """``iter_changes(scheduler="processes")``: its pool's workers, busy in a chunk task, exit within 10 s of a SIGKILL
+    of the process that started them (they would otherwise sleep on, re-parented to init)."""
+    child = subprocess.Popen([sys.executable, "-c", VECTORIZE_CHILD, str(tmp_path)], start_new_session=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + HANG_TIMEOUT_S
+    while len(list(tmp_path.glob("worker.*"))) < 2 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.1)
+    workers = {int(p.suffix[1:]) for p in tmp_path.glob("worker.*")}
+    assert len(workers) == 2, f"workers did not start (exit code {child.poll()})"
+    assert workers <= _descendants(child.pid)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 10
+    while _alive(workers, -1) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _alive(workers, -1)
+    for pid in left:  # do not leave them behind for the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"vectorize workers {left} outlived their parent by 10 s"

@@ -265,6 +265,53 @@ def test_streaming_holds_only_the_polygons_near_the_chunk_row_border(scene, rng,
     assert stats["chunks"]["n"] == 20 * 3
 
 
+def test_next_chunk_row_computes_while_the_driver_holds_a_batch_and_stops_with_it(scene, rng, blobby, monkeypatch):
+    """While the consumer holds a yielded batch (writing it), the next step's chunk tasks already run; closing the
+    generator early leaves no chunk thread behind; the rows are those of a single pass."""
+    import threading
+    import time
+
+    import pandas as pd
+
+    from maskcd.vectorization import iter_changes
+    from maskcd.vectorization import polygonize as mod
+
+    seen: list[tuple[int, int]] = []
+    real = mod.polygonize_chunk
+
+    def recording(mask_path, prob_path, index, *args):
+        seen.append(index)
+        return real(mask_path, prob_path, index, *args)
+
+    monkeypatch.setattr(mod, "polygonize_chunk", recording)
+    mask = blobby(rng, (400, 60), fraction=0.2, sigma=1.0)
+    mpath, ppath = scene(mask)
+    kw = dict(min_area_m2=0.5, simplify_m=0.5, attributes={})
+    # 3 chunk columns, 2 workers: steps of 2 chunk rows (6 tasks), 10 steps
+    gen = iter_changes(mpath, ppath, chunk_size=20, n_workers=2, scheduler="threads", batch_rows=1, **kw)
+    first = next(gen)
+    assert len(first) == 1 and first.change_id.iloc[0] == 1
+    deadline = time.monotonic() + 60
+    while not any(r >= 2 for r, _ in seen) and time.monotonic() < deadline:  # the consumer is idle here
+        time.sleep(0.05)
+    assert any(r >= 2 for r, _ in seen), "step 1 did not start while the first batch was held"
+    assert not any(r >= 4 for r, _ in seen)  # only one step ahead
+    gen.close()
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("maskcd-chunks")]
+    whole = vectorize_changes(mpath, ppath, chunk_size=4096, **kw)
+    stats: dict = {}
+    rest = list(iter_changes(mpath, ppath, chunk_size=20, n_workers=2, scheduler="threads", batch_rows=7,
+                             stats=stats, **kw))
+    _assert_same(pd.concat(rest, ignore_index=True), whole)
+    assert stats["chunks"]["steps"] == 10 and stats["chunks"]["steps_run_ahead"] == 9
+    # dense steps (here: any polygon at all) are merged before the next one starts, with the same rows
+    monkeypatch.setattr(mod, "AHEAD_MAX_POLYGONS", 0)
+    dense = list(iter_changes(mpath, ppath, chunk_size=20, n_workers=2, scheduler="threads", batch_rows=7,
+                              stats=stats, **kw))
+    _assert_same(pd.concat(dense, ignore_index=True), whole)
+    assert stats["chunks"]["steps_run_ahead"] == 0
+
+
 def test_simplification_is_chunk_size_independent_with_close_neighbours(scene, rng, blobby):
     """Coverage simplification per bounding-box cluster equals simplifying all at once, for any chunk size."""
     mask = blobby(rng, (110, 130), fraction=0.45, sigma=0.8)  # dense: many near and corner-touching neighbours
