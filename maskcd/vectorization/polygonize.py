@@ -253,10 +253,30 @@ def _first_occurrence(lab: np.ndarray, n: int) -> np.ndarray:
     return first[1:]
 
 
-def _polygon(geojson: dict):
-    """GeoJSON polygon -> shapely Polygon (about 2.5x faster than ``shapely.geometry.shape``)."""
-    rings = [shapely.linearrings(np.asarray(r, dtype=np.float64)) for r in geojson["coordinates"]]
-    return shapely.polygons(rings[0], holes=rings[1:] or None)
+def _polygons(shapes_iter) -> tuple[np.ndarray, np.ndarray]:
+    """``rasterio.features.shapes`` output -> (shapely Polygons, their values), built in three vectorised calls.
+
+    The GeoJSON rings' vertices are gathered into one list and converted once, instead of one array, one ring and
+    one polygon per call (which cost about 25 µs per polygon, most of the driver-side time on dense change).
+    """
+    coords: list = []
+    ring_sizes: list[int] = []
+    rings_per_poly: list[int] = []
+    values: list[int] = []
+    for geojson, value in shapes_iter:
+        rings = geojson["coordinates"]
+        for ring in rings:
+            coords.extend(ring)
+            ring_sizes.append(len(ring))
+        rings_per_poly.append(len(rings))
+        values.append(int(value))
+    if not values:
+        return np.zeros(0, dtype=object), np.zeros(0, np.int64)
+    xy = np.asarray(coords, dtype=np.float64)
+    rings = shapely.linearrings(xy, indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
+    # the first ring of each polygon is its shell, the others its holes
+    polys = shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), rings_per_poly))
+    return polys, np.asarray(values, np.int64)
 
 
 # Pack the components' bounding boxes into one canvas when their area is below this fraction of the chunk's.
@@ -297,11 +317,8 @@ def _trace(labels, ids, rmin, rmax, cmin, cmax, r0: int, c0: int) -> list:
                 view[labels[a:b, c:d] == k] = i + 1
             # canvas pixel space (col, -row); shifted back below
             t = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
-            polys, which = [], []
-            for g, value in features.shapes(canvas, mask=canvas > 0, connectivity=4, transform=t):
-                polys.append(_polygon(g))
-                which.append(int(value) - 1)
-            polys, which = np.asarray(polys, dtype=object), np.asarray(which, np.int64)
+            polys, which = _polygons(features.shapes(canvas, mask=canvas > 0, connectivity=4, transform=t))
+            which -= 1
             coords, index = shapely.get_coordinates(polys, return_index=True)
             w = which[index]
             coords[:, 0] += (c0 + cmin - px)[w]
@@ -313,8 +330,9 @@ def _trace(labels, ids, rmin, rmax, cmin, cmax, r0: int, c0: int) -> list:
             keep = np.zeros(int(labels.max()) + 1, bool)
             keep[ids] = True
             t = Affine(1.0, 0.0, float(c0), 0.0, -1.0, -float(r0))
-            for g, value in features.shapes(labels, mask=keep[labels], connectivity=4, transform=t):
-                out.setdefault(int(value), []).append(_polygon(g))
+            polys, values = _polygons(features.shapes(labels, mask=keep[labels], connectivity=4, transform=t))
+            for k, g in zip(values.tolist(), polys):
+                out.setdefault(k, []).append(g)
     return [g[0] if len(g) == 1 else shapely.union_all(g) for g in (out[k] for k in ids.tolist())]
 
 
