@@ -23,7 +23,8 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
    the geotransform.
 
 Streaming: chunks are computed a few chunk rows at a time, top to bottom (:func:`iter_changes`), one step ahead of the
-driver: the next step's tasks run while the driver merges, numbers and writes the current one. Blobs complete as
+driver while the steps are light: the next step's tasks run while the driver merges, numbers and writes the current
+one (:class:`_StepsAhead`); the driver's cluster simplification runs on a small thread pool. Blobs complete as
 soon as no piece of theirs touches the bottom of the newest chunk row (:class:`BlobMerger`); they are simplified per
 cluster of intersecting convex hulls once nothing still to come can touch the cluster, and yielded in ``change_id``
 order (:class:`_Releaser`), in batches of :data:`BATCH_ROWS`. Memory: one chunk per worker (``chunk_size²`` × about
@@ -257,7 +258,8 @@ def _polygons(shapes_iter) -> tuple[np.ndarray, np.ndarray]:
     """``rasterio.features.shapes`` output -> (shapely Polygons, their values), built in three vectorised calls.
 
     The GeoJSON rings' vertices are gathered into one list and converted once, instead of one array, one ring and
-    one polygon per call (which cost about 25 µs per polygon, most of the driver-side time on dense change).
+    one polygon per call (about 25 µs per polygon: the chunk tasks' largest Python cost on dense change, and under the
+    GIL).
     """
     coords: list = []
     ring_sizes: list[int] = []
@@ -839,12 +841,12 @@ def iter_changes(
     """Polygonise a change mask chunk row by chunk row, yielding GeoDataFrame batches in ``change_id`` order.
 
     Same arguments and columns as :func:`vectorize_changes`, which concatenates the batches. Chunks are computed a few
-    rows at a time, one step ahead of the merge (:class:`_StepsAhead`: the workers compute the next rows while this
-    generator merges the current ones and its consumer writes them), merged as they come (:class:`BlobMerger`) and
-    each finished polygon is yielded once (batches of
-    about ``batch_rows``; at least one batch, empty with the full schema when there is no change), so memory stays
-    bounded by the chunks in flight and the polygons near the current chunk-row border, not by the number of polygons.
-    ``stats``, when given, receives the timings, the chunking and the most polygons held at once.
+    rows at a time, one step ahead of the merge while the steps are light (:class:`_StepsAhead`: the workers compute
+    the next rows while this generator merges the current ones and its consumer writes them), merged as they come
+    (:class:`BlobMerger`) and each finished polygon is yielded once (batches of about ``batch_rows``; at least one
+    batch, empty with the full schema when there is no change), so memory stays bounded by the chunks in flight and
+    the polygons near the current chunk-row border, not by the number of polygons. ``stats``, when given, receives the
+    timings, the chunking (with the number of steps run ahead) and the most polygons held at once.
 
     Raises:
         InputError: A raster is missing or unreadable, has no CRS, or the two grids differ.
