@@ -72,19 +72,14 @@ def test_io_does_not_import_models():
 
 
 def test_vectorization_and_its_worker_helpers_do_not_import_torch():
-    """``maskcd.vectorization`` and the worker-cleanup module its process pool uses load neither torch nor the model
-    code (``maskcd.inference`` resolves its names lazily), so a vectorise-only run and its workers start light."""
+    """``maskcd.vectorization`` and :mod:`maskcd.workers` (its process pool's initializer) load neither torch nor the
+    model or inference code, so a vectorise-only run and its worker processes start light."""
     code = (
         "import json, sys\n"
-        "import maskcd.vectorization, maskcd.inference.cleanup\n"
+        "import maskcd.vectorization, maskcd.workers\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
-        "or m.startswith(('maskcd.models', 'maskcd.inference.pipeline')))))\n"
+        "or m.startswith(('maskcd.models', 'maskcd.inference')))))\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
-    # and the package's names still resolve
-    from maskcd.inference import MapOptions, map_scene
-    from maskcd.inference.options import MapOptions as Direct
-
-    assert MapOptions is Direct and callable(map_scene)

@@ -6,7 +6,7 @@ site at a time per GPU it advertises (``dask worker ADDRESS --resources GPU=1``)
 
 A killed ``maskcd-batch`` leaves no worker processes of its local cluster: distributed starts each one with a pipe
 from its nanny (in this process) and the worker exits at once when that pipe closes (``distributed.process``), and
-:class:`DieWithParent` adds the same watchdog as the DataLoader readers (:func:`maskcd.inference.cleanup.watch_parent`),
+:class:`DieWithParent` adds the same watchdog as the DataLoader readers (:func:`maskcd.workers.watch_parent`),
 which ends a worker within about a second of being re-parented even where its pipe thread cannot run.
 ``tests/batch/test_batch_kill.py`` checks it. The workers' own DataLoader readers are off (daemonic processes).
 """
@@ -69,7 +69,7 @@ class DieWithParent(WorkerPlugin):
         self.parent_pid = parent_pid
 
     def setup(self, worker) -> None:  # noqa: D102 - distributed API
-        from maskcd.inference.cleanup import watch_parent
+        from maskcd.workers import watch_parent
 
         if os.getpid() != self.parent_pid:  # a worker thread in this process (processes=False) has no parent to watch
             watch_parent(os.getppid())  # whoever started it (this process, or a fork server of it)

@@ -14,7 +14,6 @@ recorded size and either the recorded mtime or, when only the mtime moved (a cop
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time

@@ -1,4 +1,5 @@
-"""Failures that clean up after themselves: run locks, sweeping what dead runs left, workers that die with their parent.
+"""Failures that clean up after themselves: run locks, sweeping what dead runs left (workers that die with their parent
+are :mod:`maskcd.workers`).
 
 * Every ``map_scene`` run holds a lock file ``.maskcd-map.<run_id>.lock`` (its pid and run id, under an exclusive
   ``flock``) in each folder it writes to. The kernel drops the ``flock`` when the run dies, even by SIGKILL.
@@ -9,7 +10,7 @@
   :func:`~maskcd.io.atomic.atomic_write` outside a run, a tile store of ``map_rasters``) are removed only when no
   live run holds a lock there.
 * Reader processes exit within about a second of their parent's death: DataLoader workers call
-  :func:`die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a thread
+  :func:`maskcd.workers.die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a thread
   that watches ``os.getppid()``, which also ends a worker blocked on a full queue), and so do the worker processes
   of the vectorisation's ``processes`` scheduler (their pool's initializer). Dask worker processes of
   ``maskcd-batch`` already exit when their nanny dies (distributed's parent-alive pipe).
@@ -18,14 +19,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import re
 import shutil
-import signal
-import sys
-import threading
 from pathlib import Path
 
 from maskcd.io.atomic import TEMP_RE, remove_path
@@ -38,7 +35,6 @@ _LOCK_RE = re.compile(rf"^{re.escape(LOCK_PREFIX)}([0-9a-f]+){re.escape(LOCK_SUF
 # hidden temporaries a run writes beside its outputs: those of maskcd.io.atomic (and every name derived from one) and
 # the tile store folders of map_rasters
 _TEMP_RES = (TEMP_RE, re.compile(r"^\..+\.maskcd-tiles$"))
-WATCH_INTERVAL_S = 0.5
 
 
 def _pid_alive(pid: int) -> bool:
@@ -158,61 +154,6 @@ def shared_run_id(run_id: str, device: str = "auto") -> str:
 
     make_accelerator(device)
     return broadcast_object_list([run_id])[0]
-
-
-# --------------------------------------------------------------------------------------- workers die with the parent
-PR_SET_PDEATHSIG = 1
-
-
-def _set_pdeathsig(sig: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def watch_parent(parent_pid: int, interval: float = WATCH_INTERVAL_S) -> threading.Thread | None:
-    """Start a daemon thread that ends this process (``os._exit``) once ``parent_pid`` is no longer its parent.
-
-    Returns ``None`` (and exits at once) when the parent is already gone.
-    """
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-    def watch():
-        import time
-
-        while True:
-            time.sleep(interval)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    thread = threading.Thread(target=watch, name="maskcd-parent-watchdog", daemon=True)
-    thread.start()
-    return thread
-
-
-def _die_with_parent(worker_id: int, *, parent_pid: int, init=None) -> None:
-    # SIGKILL: the worker may be blocked in C (a GDAL read, a queue put) where a Python signal handler never runs
-    _set_pdeathsig(signal.SIGKILL)
-    watch_parent(parent_pid)
-    if init is not None:
-        init(worker_id)
-
-
-def die_with_parent(init=None):
-    """A DataLoader ``worker_init_fn`` (or, called with one argument, a process pool ``initializer``) that makes each
-    worker exit within about a second of this process's death.
-
-    Args:
-        init: Another ``worker_init_fn`` to call afterwards.
-    """
-    return functools.partial(_die_with_parent, parent_pid=os.getpid(), init=init)
 
 
 # ------------------------------------------------------------------------------------------------------ disk space

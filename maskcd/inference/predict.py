@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from maskcd.errors import InputError, MaskCDError
-from maskcd.inference.cleanup import die_with_parent
+from maskcd.workers import die_with_parent
 from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
 

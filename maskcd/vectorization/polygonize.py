@@ -480,7 +480,7 @@ class _Executor:
     - ``processes``: Dask's multiprocessing scheduler on one process pool for the run (forked on Linux: the workers
       inherit the imported modules), one task per dispatch (Dask's default of 6 tasks per dispatch left one worker
       idle while the other ran most of a chunk row). The workers die with the process that started them
-      (:func:`maskcd.inference.cleanup.die_with_parent`).
+      (:func:`maskcd.workers.die_with_parent`).
     - ``distributed``: a ``distributed`` LocalCluster of single-thread worker processes.
     - ``synchronous``, or one task, or one worker: inline.
     """
@@ -504,7 +504,7 @@ class _Executor:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            from maskcd.inference.cleanup import die_with_parent
+            from maskcd.workers import die_with_parent
 
             method = "fork" if sys.platform == "linux" else None  # fork: no 1-2 s re-import per worker
             self._pool = ProcessPoolExecutor(self.n_workers, mp_context=multiprocessing.get_context(method),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from maskcd.data.synthetic import make_scene_pair
 from maskcd.evaluation.scene import evaluate_scene
 from maskcd.models import load_model
