@@ -54,9 +54,16 @@ def test_inference_spec_is_the_models_one():
     assert ModelsSpec is InferenceSpec and MODELS_IGNORE == IGNORE_INDEX
 
 
+def _fresh_import(code: str):
+    """Run ``code`` in a fresh interpreter (the checkout first on the path); the JSON its last line prints."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_io_does_not_import_models():
     """Importing every maskcd.io module (and the contract) loads neither maskcd.models nor transformers."""
-    code = (
+    result = _fresh_import(
         "import importlib, json, pkgutil, sys\n"
         "import maskcd.io, maskcd.contract\n"
         "names = [m.name for m in pkgutil.iter_modules(maskcd.io.__path__, 'maskcd.io.')]\n"
@@ -64,9 +71,6 @@ def test_io_does_not_import_models():
         "print(json.dumps({'modules': names, 'loaded': sorted(m for m in sys.modules "
         "if m.startswith(('maskcd.models', 'transformers')))}))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "maskcd.io.align" in result["modules"]
     assert result["loaded"] == [], f"maskcd.io imports {result['loaded']}"
 
@@ -74,12 +78,10 @@ def test_io_does_not_import_models():
 def test_vectorization_and_its_worker_helpers_do_not_import_torch():
     """``maskcd.vectorization`` and :mod:`maskcd.workers` (its process pool's initializer) load neither torch nor the
     model or inference code, so a vectorise-only run and its worker processes start light."""
-    code = (
+    loaded = _fresh_import(
         "import json, sys\n"
         "import maskcd.vectorization, maskcd.workers\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') "
         "or m.startswith(('maskcd.models', 'maskcd.inference')))))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert loaded == [], f"maskcd.vectorization / maskcd.workers import {len(loaded)} modules: {loaded[:6]}"
