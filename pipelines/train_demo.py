@@ -136,6 +136,7 @@ def compare(args, catalog: Path, log_dir: Path) -> int:
     model = build_model(cfg.model)
     spec = model.inference_spec
     model.train()
+    schedule = trainer.lr_schedule(cfg, cfg.max_steps_per_epoch)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     c, old_losses, run = cfg.data.crop, [], []
     for step in range(epochs * cfg.max_steps_per_epoch):
@@ -148,15 +149,9 @@ def compare(args, catalog: Path, log_dir: Path) -> int:
             ba.append(spec.normalize(radiometric_jitter(a, gen, cfg.data.jitter)))
             bb.append(spec.normalize(radiometric_jitter(b, gen, cfg.data.jitter)))
             bl.append(lab)
-        min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
-        if cfg.lr_schedule == "step":  # the same schedule as maskcd.training
-            per_epoch = cfg.max_steps_per_epoch
-            total, warmup = epochs * per_epoch, cfg.warmup_steps or cfg.warmup_epochs * per_epoch
-            factor = trainer.lr_factor(step, total, warmup, min_ratio)
-        else:
-            factor = trainer.lr_factor(step // cfg.max_steps_per_epoch, epochs, cfg.warmup_epochs, min_ratio)
-        for g in opt.param_groups:
-            g["lr"] = cfg.learning_rate * factor
+        counter = step if cfg.lr_schedule == "step" else step // cfg.max_steps_per_epoch
+        for g in opt.param_groups:  # the same schedule as maskcd.training
+            g["lr"] = cfg.learning_rate * schedule(counter)
         loss = model(torch.stack(ba), torch.stack(bb), labels=torch.stack(bl)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,9 +10,9 @@ are :mod:`maskcd.workers`).
   :func:`~maskcd.io.atomic.atomic_write` outside a run, a tile store of ``map_rasters``) are removed only when no
   live run holds a lock there.
 * Reader processes exit within about a second of their parent's death: DataLoader workers call
-  :func:`maskcd.workers.die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux, plus a thread
-  that watches ``os.getppid()``, which also ends a worker blocked on a full queue), and so do the worker processes
-  of the vectorisation's ``processes`` scheduler (their pool's initializer). Dask worker processes of
+  :func:`maskcd.workers.die_with_parent` in their ``worker_init_fn`` (``prctl(PR_SET_PDEATHSIG, SIGKILL)`` on Linux,
+  plus a thread that watches ``os.getppid()``, which also ends a worker blocked on a full queue), and so do the worker
+  processes of the vectorisation's ``processes`` scheduler (their pool's initializer). Dask worker processes of
   ``maskcd-batch`` already exit when their nanny dies (distributed's parent-alive pipe).
 """
 

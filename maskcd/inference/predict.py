@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from maskcd.errors import InputError, MaskCDError
-from maskcd.workers import die_with_parent
 from maskcd.inference.dataset import WindowDataset, collate_list, collate_windows
 from maskcd.inference.store import TileStore
+from maskcd.workers import die_with_parent
 
 logger = logging.getLogger(__name__)
 

@@ -141,6 +141,17 @@ def lr_factor(epoch: int, epochs: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """The learning-rate multiplier as a function of the schedule's counter (epochs for ``lr_schedule: epoch``,
+    optimizer steps for ``step``, with ``steps_per_epoch`` optimizer steps in an epoch)."""
+    min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
+    if cfg.lr_schedule == "step":
+        total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_steps or cfg.warmup_epochs * steps_per_epoch
+    else:
+        total, warmup = cfg.epochs, cfg.warmup_epochs
+    return lambda i: lr_factor(i, total, warmup, min_ratio)
+
+
 def save_checkpoint(folder: Path, model, optimizer, scheduler, epoch: int, best_f1: float, metrics: dict | None):
     """Write a checkpoint folder atomically (:func:`maskcd.io.atomic.atomic_write`: a hidden temporary folder beside
     it, renamed into place, replacing the previous checkpoint only once the new one is complete)."""
@@ -212,15 +223,10 @@ def train(cfg: TrainConfig, accelerator=None) -> dict:
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam  # checked by validate()
     optimizer = optimizer_cls(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    min_ratio = min(1.0, cfg.min_lr / cfg.learning_rate)
-    if cfg.lr_schedule == "step":  # stepped after every optimizer step (of this process's share of the loader)
-        batches = min(len(loader), cfg.max_steps_per_epoch or len(loader))
-        per_epoch = math.ceil(batches / cfg.grad_accum)
-        total, warmup = cfg.epochs * per_epoch, cfg.warmup_steps or cfg.warmup_epochs * per_epoch
-    else:
-        total, warmup = cfg.epochs, cfg.warmup_epochs
-    # a plain LambdaLR: `accelerator.prepare` is not given it, so it is stepped exactly where this loop says
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lr_factor(i, total, warmup, min_ratio))
+    # optimizer steps per epoch of this process's share of the loader; a plain LambdaLR (`accelerator.prepare` is not
+    # given it), stepped exactly where this loop says: per optimizer step or per epoch
+    batches = min(len(loader), cfg.max_steps_per_epoch or len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, math.ceil(batches / cfg.grad_accum)))
     start_epoch, best_f1 = 0, -1.0
     if resume_dir is not None:
         state = load_training_state(resume_dir)

@@ -35,6 +35,7 @@ one output batch, whatever the number of polygons (``benchmarks/map_pipeline.py`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -563,7 +564,10 @@ class _StepsAhead:
             self.n_ahead += 1
         return results
 
-    def close(self) -> None:
+    def __enter__(self) -> _StepsAhead:
+        return self
+
+    def __exit__(self, *exc) -> None:
         """Waits for a step still running (a consumer that stops early, or an error): no task outlives the stage."""
         if self._next is not None:
             self._next[1].cancel()
@@ -737,7 +741,7 @@ class _Releaser:
     """
 
     def __init__(self, st: _Setup, map_fn=map):
-        self.st, self.map_fn = st, map_fn
+        self.st, self.map_fn = st, map_fn  # map_fn: how simplification groups are mapped (a thread pool's map)
         self.held: list[Blob] = []  # complete, filtered, normalised; not simplified yet
         self.ready: list[Blob] = []  # simplified, waiting for their turn
 
@@ -866,53 +870,47 @@ def iter_changes(
     n_tasks = sum(len(v) for v in by_row.values())
     n_cols = len(by_row[0])
     rows_per_step = max(1, math.ceil(2 * n_workers / n_cols))
-    merger, releaser = BlobMerger(), _Releaser(st)
     timings = {"chunks_s": 0.0, "merge_s": 0.0, "finish_s": 0.0}
     next_id, yielded, peak_held, buffer = 1, False, 0, []
     chunk_rows = sorted(by_row)
     steps = [chunk_rows[s0:s0 + rows_per_step] for s0 in range(0, len(chunk_rows), rows_per_step)]
-    with _Executor(scheduler, n_workers, n_tasks) as ex, warnings.catch_warnings():
+    merger = BlobMerger()
+    with contextlib.ExitStack() as stack, warnings.catch_warnings():
         # once here for the threads (the filter list is process-wide), again per task
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        ahead = _StepsAhead(ex, [[t for i in step for t in by_row[i]] for step in steps])
-        helpers = None
-        try:
-            if ex.scheduler != "synchronous" and st.tolerance_px > 0:
-                # the driver's cluster simplification runs on a small thread pool too: GEOS releases the GIL
-                helpers = ThreadPoolExecutor(n_workers, thread_name_prefix="maskcd-simplify")
-                releaser.map_fn = helpers.map
-            for k, step in enumerate(steps):
-                t0 = time.perf_counter()
-                results = ahead.take(k)  # and starts computing step k + 1 while this one is merged and written
-                t1 = time.perf_counter()
-                for i in step:
-                    releaser.add(merger.add_row([r for r in results if r.index[0] == i]))
-                del results
-                last = k + 1 == len(steps)
-                # below the last row nothing is left to read: every blob, even one ending on the raster's edge, is
-                # final
-                next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
-                buffer.extend(releaser.release(next_row, merger.pending_first()))
-                peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
-                _trim_heap()
+        ex = stack.enter_context(_Executor(scheduler, n_workers, n_tasks))
+        ahead = stack.enter_context(_StepsAhead(ex, [[t for i in step for t in by_row[i]] for step in steps]))
+        # the driver's cluster simplification runs on a small thread pool too: GEOS releases the GIL
+        helpers = (stack.enter_context(ThreadPoolExecutor(n_workers, thread_name_prefix="maskcd-simplify"))
+                   if ex.scheduler != "synchronous" and st.tolerance_px > 0 else None)
+        releaser = _Releaser(st, map if helpers is None else helpers.map)
+        for k, step in enumerate(steps):
+            t0 = time.perf_counter()
+            results = ahead.take(k)  # and starts computing step k + 1 while this one is merged and written
+            t1 = time.perf_counter()
+            for i in step:
+                releaser.add(merger.add_row([r for r in results if r.index[0] == i]))
+            del results
+            last = k + 1 == len(steps)
+            # below the last row nothing is left to read: every blob, even one ending on the raster's edge, is final
+            next_row = grid.height + 1 if last else (step[-1] + 1) * st.size
+            buffer.extend(releaser.release(next_row, merger.pending_first()))
+            peak_held = max(peak_held, releaser.n_held() + len(merger.pieces) + len(buffer))
+            _trim_heap()
+            t2 = time.perf_counter()
+            timings["chunks_s"] += t1 - t0
+            timings["merge_s"] += t2 - t1
+            while buffer and (len(buffer) >= batch_rows or last):
                 t2 = time.perf_counter()
-                timings["chunks_s"] += t1 - t0
-                timings["merge_s"] += t2 - t1
-                while buffer and (len(buffer) >= batch_rows or last):
-                    t2 = time.perf_counter()
-                    out = _finish(buffer[:batch_rows], st, next_id)
-                    del buffer[:batch_rows]
-                    timings["finish_s"] += time.perf_counter() - t2
-                    next_id += len(out)
-                    if len(out):
-                        yielded = True
-                        yield out
-                    del out
-                _trim_heap()
-        finally:
-            ahead.close()
-            if helpers is not None:
-                helpers.shutdown(wait=True, cancel_futures=True)
+                out = _finish(buffer[:batch_rows], st, next_id)
+                del buffer[:batch_rows]
+                timings["finish_s"] += time.perf_counter() - t2
+                next_id += len(out)
+                if len(out):
+                    yielded = True
+                    yield out
+                del out
+            _trim_heap()
     if merger.pieces or releaser.n_held():  # cannot happen: the last row closes everything
         raise RuntimeError(f"{mask_path}: {len(merger.pieces)} pieces and {releaser.n_held()} polygons left unmerged")
     if not yielded:
