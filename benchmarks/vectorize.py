@@ -95,7 +95,7 @@ def child_maskcd(mask: Path, prob: Path, out: Path, scheduler: str, workers: int
                  t_start: float) -> dict:
     import dask.distributed  # noqa: F401  (imported up front, as in a maskcd-map run)
     import geopandas  # noqa: F401
-    import rasterio.features  # noqa: F401  (what the chunk tasks import lazily: an import, not vectorising)
+    import scipy.sparse.csgraph  # noqa: F401  (what the chunk tasks import lazily: an import, not vectorising)
     import scipy.ndimage  # noqa: F401
 
     from maskcd.vectorization import ChangesGpkgWriter, iter_changes

@@ -5,9 +5,10 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
 1. The mask is cut into block-aligned square chunks. Each chunk, in a Dask task that opens the files itself, labels its
    change pixels (value 1; nodata and every other value is background) into 4-connected components
    (:func:`scipy.ndimage.label`), computes per-label pixel counts and probability sums/maxima from the probability COG,
-   and polygonises the components with :func:`rasterio.features.shapes` (``connectivity=4``) in one call: their
-   bounding-box crops are shelf-packed into a small canvas (change is sparse, and ``shapes`` costs per pixel scanned
-   and per call), then shifted back. Vertices are in global pixel space ``(col, -row)``, exact integers.
+   and traces the outlines of the components it keeps along their pixel edges, all at once with array operations
+   (:func:`maskcd.vectorization.outline.trace_outlines`: the polygons :func:`rasterio.features.shapes` gives with
+   ``connectivity=4``, at a cost that follows the change pixels, not the chunk's area, and without the GIL for most
+   of it). Vertices are in global pixel space ``(col, -row)``, exact integers.
 2. A component is *interior* when it touches no internal chunk edge; it is final as is. The others are *edge pieces*;
    the task returns its four border label strips. The driver unions pieces whose pixels are 4-adjacent across an
    internal edge (union-find over the strips: pixel-exact, no geometric predicate, diagonal contact never merges) and
@@ -57,6 +58,7 @@ from maskcd.contract import NODATA, PROB_SCALE
 from maskcd.errors import InputError
 from maskcd.io.crs import utm_crs_at
 from maskcd.io.open import open_raster
+from maskcd.vectorization.outline import label_components, trace_outlines
 
 log = logging.getLogger(__name__)
 
@@ -164,33 +166,36 @@ def polygonize_chunk(
     Returns:
         The chunk's polygons and statistics, see :class:`ChunkResult`.
     """
-    from scipy import ndimage
-
     r0, c0, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
     with rasterio.open(mask_path) as src:
         change = src.read(1, window=window) == 1
         nodata = src.nodata
     if nodata is not None and nodata == 1:  # a mask whose nodata is 1 has no change value
         change[:] = False
-    labels, n = ndimage.label(change)  # default structure: 4-connectivity
-    strips = {}
+    # change pixels, row-major (a label's first occurrence is its first pixel); int32 (chunks are far below 2**31 px)
+    # and every array freed as soon as it is used: two tasks run at once in one process
+    flat = np.flatnonzero(change).astype(np.int32)
+    lab, n = label_components(change, flat)
+    strips = {}  # component numbers along the chunk's internal edges (0: no change)
     if r0 > 0:
-        strips["top"] = labels[0].copy()
+        k = int(np.searchsorted(flat, w))
+        strips["top"] = _strip(w, flat[:k], lab[:k])
     if r0 + h < shape[0]:
-        strips["bottom"] = labels[-1].copy()
-    if c0 > 0:
-        strips["left"] = labels[:, 0].copy()
-    if c0 + w < shape[1]:
-        strips["right"] = labels[:, -1].copy()
+        k = int(np.searchsorted(flat, (h - 1) * w))
+        strips["bottom"] = _strip(w, flat[k:] - (h - 1) * w, lab[k:])
+    if c0 > 0 or c0 + w < shape[1]:
+        col = flat % w
+        if c0 > 0:
+            at = col == 0
+            strips["left"] = _strip(h, flat[at] // w, lab[at])
+        if c0 + w < shape[1]:
+            at = col == w - 1
+            strips["right"] = _strip(h, flat[at] // w, lab[at])
+        del col, at
     empty = ChunkResult(index, np.zeros(0, np.int64), np.zeros(0, object), *(np.zeros(0, np.int64) for _ in range(3)),
                         np.zeros(0, np.int64), np.zeros((0, 2), np.int64), np.zeros(0, bool), strips)
     if n == 0:
         return empty
-    # change pixels, row-major (a label's first occurrence is its first pixel); int32 (chunks are far below 2**31 px)
-    # and every array freed as soon as it is used: two tasks run at once in one process
-    flat = np.flatnonzero(change).astype(np.int32)
-    del change
-    lab = labels.ravel()[flat]
     n_pix = np.bincount(lab, minlength=n + 1)
     n_prob = np.zeros(n + 1, np.int64)
     p_sum = np.zeros(n + 1, np.int64)
@@ -216,33 +221,34 @@ def polygonize_chunk(
     if not keep.any():
         return empty
     ids = np.nonzero(keep)[0]
-    rows, cols = np.divmod(flat, np.int32(w))
-    del flat
     first_i = _first_occurrence(lab, n)[ids - 1]
-    rmin, cmin_first = rows[first_i].astype(np.int64), cols[first_i].astype(np.int64)
-    rmax = np.zeros(n + 1, np.int32)
-    cmin = np.full(n + 1, w, np.int32)
-    cmax = np.zeros(n + 1, np.int32)
-    np.maximum.at(rmax, lab, rows)
-    np.minimum.at(cmin, lab, cols)
-    np.maximum.at(cmax, lab, cols)
-    del rows, cols, lab
-    rmax, cmin, cmax = rmax[ids].astype(np.int64) + 1, cmin[ids].astype(np.int64), cmax[ids].astype(np.int64) + 1
-    first = np.stack([r0 + rmin, c0 + cmin_first], axis=1).astype(np.int64)
-    polys = _trace(labels, ids, rmin, rmax, cmin, cmax, r0, c0)
-    del labels
+    first = np.stack(np.divmod(flat[first_i].astype(np.int64), w), axis=1) + np.array([r0, c0], np.int64)
+    if len(ids) < n:  # small interior components are not traced
+        sel = keep[lab]
+        flat, lab = flat[sel], lab[sel]
+        del sel
+    polys, traced = trace_outlines(change, flat, lab, r0, c0)
+    del change, flat, lab
+    if not np.array_equal(traced, ids):  # cannot happen: every kept component has pixels
+        raise RuntimeError(f"chunk {index}: traced components differ from the kept ones")
     return ChunkResult(
-        index=index, labels=ids.astype(np.int64), wkb=shapely.to_wkb(np.asarray(polys, dtype=object)),
+        index=index, labels=ids.astype(np.int64), wkb=shapely.to_wkb(polys),
         n_pixels=n_pix[ids], n_prob=n_prob[ids], prob_sum=p_sum[ids], prob_max=p_max[ids], first=first,
         edge=edge[ids], strips=strips,
     )
 
 
+def _strip(length: int, at: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+    strip = np.zeros(length, np.int32)
+    strip[at] = numbers
+    return strip
+
+
 def _first_occurrence(lab: np.ndarray, n: int) -> np.ndarray:
     """Index in ``lab`` of the first occurrence of each label ``1..n`` (every label occurs).
 
-    :func:`scipy.ndimage.label` numbers components in the order in which a raster scan meets them, so label ``k`` first
-    occurs where the running maximum steps up to ``k``; checked, with a general (slower) fallback.
+    Components are numbered in the order in which a raster scan meets them (:func:`label_components`), so label ``k``
+    first occurs where the running maximum steps up to ``k``; checked, with a general (slower) fallback.
     """
     step = np.empty(len(lab), bool)
     step[0] = True
@@ -253,90 +259,6 @@ def _first_occurrence(lab: np.ndarray, n: int) -> np.ndarray:
     first = np.full(n + 1, len(lab), np.int64)
     np.minimum.at(first, lab, np.arange(len(lab)))
     return first[1:]
-
-
-def _polygons(shapes_iter) -> tuple[np.ndarray, np.ndarray]:
-    """``rasterio.features.shapes`` output -> (shapely Polygons, their values), built in three vectorised calls.
-
-    The GeoJSON rings' vertices are gathered into one list and converted once, instead of one array, one ring and
-    one polygon per call (about 25 µs per polygon: the chunk tasks' largest Python cost on dense change, and under the
-    GIL).
-    """
-    coords: list = []
-    ring_sizes: list[int] = []
-    rings_per_poly: list[int] = []
-    values: list[int] = []
-    for geojson, value in shapes_iter:
-        rings = geojson["coordinates"]
-        for ring in rings:
-            coords.extend(ring)
-            ring_sizes.append(len(ring))
-        rings_per_poly.append(len(rings))
-        values.append(int(value))
-    if not values:
-        return np.zeros(0, dtype=object), np.zeros(0, np.int64)
-    xy = np.asarray(coords, dtype=np.float64)
-    rings = shapely.linearrings(xy, indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
-    # the first ring of each polygon is its shell, the others its holes
-    polys = shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), rings_per_poly))
-    return polys, np.asarray(values, np.int64)
-
-
-# Pack the components' bounding boxes into one canvas when their area is below this fraction of the chunk's.
-PACK_MAX_FRACTION = 0.6
-
-
-def _trace(labels, ids, rmin, rmax, cmin, cmax, r0: int, c0: int) -> list:
-    """Polygon of each label in ``ids`` in global pixel space ``(col, -row)``, with one ``shapes()`` call.
-
-    :func:`rasterio.features.shapes` costs about 30 ns per pixel scanned plus about 0.5 ms per call. Change is usually
-    sparse, so the components' bounding-box crops (``labels == k``, written as value ``i + 1``) are shelf-packed into a
-    small canvas, polygonised in a single call, and each polygon is shifted back by its crop's offset (exact integer
-    arithmetic). When the boxes cover most of the chunk, the chunk's label image is polygonised directly. Both paths
-    give identical polygons (tested).
-    """
-    from rasterio import features
-
-    hs, ws = rmax - rmin, cmax - cmin
-    box_px = int(np.sum(hs * ws))
-    out: dict[int, list] = {}
-    with warnings.catch_warnings(), rasterio.Env():
-        # rasterio wraps the mask array in a dataset without a transform and says so
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        if box_px < PACK_MAX_FRACTION * labels.size:
-            width = int(max(ws.max(), math.isqrt(2 * box_px) + 1))
-            order = np.lexsort((-ws, -hs))  # tallest first: little waste per shelf
-            py, px = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
-            x = y = shelf = 0
-            for i in order.tolist():
-                if x + ws[i] > width:
-                    y, x, shelf = y + shelf, 0, 0
-                py[i], px[i] = y, x
-                x, shelf = x + int(ws[i]), max(shelf, int(hs[i]))
-            canvas = np.zeros((y + shelf, width), np.int32)
-            for i, (k, a, b, c, d) in enumerate(zip(ids.tolist(), rmin.tolist(), rmax.tolist(), cmin.tolist(),
-                                                    cmax.tolist())):
-                view = canvas[py[i]:py[i] + b - a, px[i]:px[i] + d - c]
-                view[labels[a:b, c:d] == k] = i + 1
-            # canvas pixel space (col, -row); shifted back below
-            t = Affine(1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
-            polys, which = _polygons(features.shapes(canvas, mask=canvas > 0, connectivity=4, transform=t))
-            which -= 1
-            coords, index = shapely.get_coordinates(polys, return_index=True)
-            w = which[index]
-            coords[:, 0] += (c0 + cmin - px)[w]
-            coords[:, 1] -= (r0 + rmin - py)[w]
-            polys = shapely.set_coordinates(polys.copy(), coords)
-            for i, g in zip(which.tolist(), polys):
-                out.setdefault(int(ids[i]), []).append(g)
-        else:
-            keep = np.zeros(int(labels.max()) + 1, bool)
-            keep[ids] = True
-            t = Affine(1.0, 0.0, float(c0), 0.0, -1.0, -float(r0))
-            polys, values = _polygons(features.shapes(labels, mask=keep[labels], connectivity=4, transform=t))
-            for k, g in zip(values.tolist(), polys):
-                out.setdefault(k, []).append(g)
-    return [g[0] if len(g) == 1 else shapely.union_all(g) for g in (out[k] for k in ids.tolist())]
 
 
 @dataclass

@@ -232,20 +232,6 @@ def test_bad_inputs_name_the_file(tmp_path, scene, rng, geotiff_writer):
         vectorize_changes(mpath, other, **KW)
 
 
-def test_both_tracing_strategies_give_the_same_polygons(scene, rng, blobby, monkeypatch):
-    from maskcd.vectorization import polygonize
-
-    mask = blobby(rng, (70, 90), fraction=0.25, sigma=1.5)
-    mask[30:33, :] = 255
-    mpath, ppath = scene(mask)
-    monkeypatch.setattr(polygonize, "PACK_MAX_FRACTION", 1e9)  # packed bounding boxes
-    packed = vectorize_changes(mpath, ppath, chunk_size=25, **KW)
-    monkeypatch.setattr(polygonize, "PACK_MAX_FRACTION", 0.0)  # the chunk's label image
-    per_chunk = vectorize_changes(mpath, ppath, chunk_size=25, **KW)
-    _assert_same(packed, per_chunk)
-    assert len(per_chunk) > 20
-
-
 def test_streaming_holds_only_the_polygons_near_the_chunk_row_border(scene, rng, blobby):
     """iter_changes yields the rows of vectorize_changes in order, in batches, never holding most of them at once."""
     import pandas as pd
