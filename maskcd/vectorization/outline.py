@@ -39,10 +39,11 @@ def trace_outlines(change: np.ndarray, flat: np.ndarray, owner: np.ndarray, r0: 
         return np.zeros(0, dtype=object), np.zeros(0, np.int64)
     # pixel indices in a copy padded by one empty pixel all round: every neighbour lookup is in bounds
     cp = np.pad(change, 1).ravel()
-    rows, cols = np.divmod(flat.astype(np.int64), w)
+    idx = np.int32 if (h + 2) * (w + 2) < 2**31 else np.int64  # vertex and pixel ids
+    rows, cols = np.divmod(flat.astype(idx), idx(w))
     w1, w2 = w + 1, w + 2
-    fp = (rows + 1) * w2 + (cols + 1)
-    v = rows * w1 + cols  # vertex id (y * (w + 1) + x) of each pixel's top-left corner
+    fp = (rows + 1) * idx(w2) + (cols + 1)
+    v = rows * idx(w1) + cols  # vertex id (y * (w + 1) + x) of each pixel's top-left corner
     del rows, cols
     # the cracks with the component on the left on the map: a counter-clockwise shell, clockwise holes
     starts, ends, dirs, owners = [], [], [], []
@@ -76,20 +77,30 @@ def trace_outlines(change: np.ndarray, flat: np.ndarray, owner: np.ndarray, r0: 
         right = d[b] == (d[two] + 1) % 4
         nxt[two] = np.where(same_a & same_b, np.where(right, b, a), np.where(same_b, b, a))
     del alt, two
-    # every crack has one successor and one predecessor: the cracks form cycles (the rings). A depth-first order from
-    # an extra root linked to every crack lists each cycle whole, from its first crack met, in the order it runs.
+    # every crack has one successor and one predecessor: the cracks form cycles (the rings). Each cycle is cut before
+    # one of its cracks (its head) and linked to the next cycle's head, so that one depth-first walk along that single
+    # path lists every ring whole, in the order it runs (a walk from one root linked to every ring would rescan the
+    # root's children after each ring: quadratic in the number of rings).
     from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import depth_first_order
+    from scipy.sparse.csgraph import connected_components, depth_first_order
 
-    indptr = np.concatenate([np.arange(n + 1), [2 * n]])
-    graph = csr_matrix((np.ones(2 * n, np.int8), np.concatenate([nxt, np.arange(n)]), indptr), shape=(n + 1, n + 1))
-    order = depth_first_order(graph, n, directed=True, return_predecessors=False)[1:]
-    del graph, indptr
-    first = np.ones(n, bool)
-    first[1:] = order[1:] != nxt[order[:-1]]
-    head = np.flatnonzero(first)  # position in `order` of each ring's first crack
-    ring = np.cumsum(first) - 1
-    del first, nxt
+    def graph(succ):
+        return csr_matrix((np.ones(n, np.int8), succ, np.arange(n + 1)), shape=(n, n))
+
+    n_rings, cycle = connected_components(graph(nxt), directed=True, connection="weak")
+    heads = np.empty(n_rings, np.int64)
+    heads[cycle] = np.arange(n)  # one crack of each cycle (any one will do)
+    pred = np.empty(n, np.int64)
+    pred[nxt] = np.arange(n)
+    path = nxt
+    path[pred[heads]] = np.roll(heads, -1)  # the crack before each head leads to the next cycle's head
+    del pred, nxt
+    order = depth_first_order(graph(path), int(heads[0]), directed=True, return_predecessors=False)
+    del path, heads
+    length = np.bincount(cycle, minlength=n_rings)
+    del cycle
+    head = np.cumsum(length) - length  # where each ring starts in `order`
+    ring = np.repeat(np.arange(n_rings), length)
     d_run = d[order]
     before = np.empty(n, np.int8)  # direction of the crack before, in the ring (cyclically)
     before[1:] = d_run[:-1]
@@ -171,13 +182,9 @@ def label_components(change: np.ndarray, flat: np.ndarray) -> tuple[np.ndarray, 
     both give the same numbers.
     """
     h, w = change.shape
-    if len(flat) > 1:
-        gaps = np.diff(flat)
-        n_runs = 1 + int(np.count_nonzero((gaps != 1) | (flat[1:] % w == 0)))
-        del gaps
-    else:
-        n_runs = len(flat)
-    if n_runs <= RUNS_PER_PIXEL_MAX * change.size:
+    limit = RUNS_PER_PIXEL_MAX * change.size
+    # runs <= pixels; else count the gaps between pixels (the row breaks add at most h runs more)
+    if len(flat) <= limit or 1 + np.count_nonzero(np.diff(flat) != 1) <= limit:
         return label_runs(flat, w)
     from scipy import ndimage
 
