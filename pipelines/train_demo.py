@@ -178,6 +178,16 @@ def compare(args, catalog: Path, log_dir: Path) -> int:
     return 0
 
 
+def _relative(path: str | None, base: Path) -> str | None:
+    """``path`` as ``<log-dir>/...`` when it lies under ``base`` (the record ships with the weights: no scratch paths)."""
+    if path is None:
+        return None
+    try:
+        return str(Path("<log-dir>") / Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -204,9 +214,11 @@ def main(argv=None) -> int:
             print(json.dumps({"event": "test", "seed": seed, **results[seed]}), flush=True)
     out = Path(args.output)
     save_atomic(best, out)
+    train_cfg = json.loads((Path(summary["output_dir"]) / "train_config.json").read_text())
+    for key in ("dataset", "output_dir"):  # where this run kept its scratch files, relative to --log-dir
+        train_cfg[key] = _relative(train_cfg[key], log_dir)
     record = {"val_f1": summary["best_f1"], "test": results, "minutes": (time.time() - t0) / 60,
-              "train_config": json.loads((Path(summary["output_dir"]) / "train_config.json").read_text()),
-              "scenes": args.scenes, "train_seed": TRAIN_SEED, "val_seed": VAL_SEED}
+              "train_config": train_cfg, "scenes": args.scenes, "train_seed": TRAIN_SEED, "val_seed": VAL_SEED}
     (log_dir / "training.json").write_text(json.dumps(record, indent=2))
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     scores = ", ".join(f"{seed}: {r['f1']:.3f}" for seed, r in results.items())

@@ -120,3 +120,34 @@ def test_wheel_runs_the_demo_from_anywhere(unpacked_wheel, tmp_path):
     m = re.search(r"F1 ([\d.]+)", proc.stdout)
     assert m and float(m.group(1)) > 0.8, proc.stdout
     assert {"demo.gpkg", "demo_change_prob.tif", "demo_change_mask.tif"} <= {p.name for p in work.iterdir()}
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_shipped_records_name_no_path_of_the_machine_that_made_them():
+    """JSON records inside the package (the demo weights' config and training summary) travel with every wheel."""
+    records = sorted((REPO / "maskcd").rglob("*.json"))
+    assert any(p.name == "training.json" for p in records)
+    for path in records:
+        absolute = [s for s in _strings(json.loads(path.read_text())) if os.path.isabs(s) or s.startswith("~")]
+        assert not absolute, f"{path.relative_to(REPO)} names local paths: {absolute}"
+
+
+def test_train_demo_records_scratch_paths_relative_to_its_log_dir(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo", REPO / "pipelines" / "train_demo.py")
+    train_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_demo)
+    assert train_demo._relative(str(tmp_path / "scenes" / "catalog.yaml"), tmp_path) == "<log-dir>/scenes/catalog.yaml"
+    assert train_demo._relative(str(tmp_path.parent / "elsewhere"), tmp_path) == str(tmp_path.parent / "elsewhere")
+    assert train_demo._relative(None, tmp_path) is None
