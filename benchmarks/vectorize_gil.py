@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from scipy import ndimage
 
     from benchmarks.vectorize import make_scene
+    from maskcd.vectorization.outline import label_components, trace_outlines
     from maskcd.vectorization.polygonize import DEFAULT_CHUNK, polygonize_chunk
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="maskcd_bench_gil_"))
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     with rasterio.open(mask) as src:
         change = src.read(1, window=win) == 1
     labels, _ = ndimage.label(change)
+    flat = np.flatnonzero(change).astype(np.int32)
+    numbers, _ = label_components(change, flat)
     warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
 
     def read_prob():
@@ -59,6 +62,8 @@ def main(argv=None) -> int:
         "np.sort of 2e6 floats (releases the GIL: control)": lambda: np.sort(np.random.default_rng(0).random(2_000_000)),
         f"polygonize_chunk ({c}² chunk, as iter_changes runs it)":
             lambda: polygonize_chunk(str(mask), str(prob), (1, 1), win, (a.size, a.size), 0),
+        f"label_components ({c}², as the task runs it)": lambda: label_components(change, flat),
+        f"trace_outlines ({c}², as the task runs it)": lambda: trace_outlines(change, flat, numbers),
         f"scipy.ndimage.label ({c}²)": lambda: ndimage.label(change),
         f"probability window read ({c}²)": read_prob,
         f"rasterio.features.shapes on the whole {c}² label image (not what we run)":
