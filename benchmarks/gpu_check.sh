@@ -9,6 +9,9 @@
 # 3. map_pipeline.py (a)        maskcd-swin-b bf16 on an 8192² synthetic pair: map_scene ÷ bare batched forward, MP/s
 # 4. 2-process map              torchrun --nproc_per_node 2 maskcd-map on the same pair, when two GPUs are visible:
 #                               wall time against 1 process
+# 5. selective_scan.py          our VMamba selective scan on the 11 scans of a VMamba-T pass (against VMamba's
+#                               reference loop when ../shared/reference_code is beside the checkout), and the whole
+#                               minenetcd-vmamba-t forward per 256² pair (issue 12)
 #
 # Each step has its own time limit; a failing step is recorded in the JSON ("rc", "log_tail") and the others still
 # run. --dry-run runs the same steps on the CPU with maskcd-tiny, a 512² pair and short timings (a syntax and
@@ -31,10 +34,14 @@ done
 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu; PRESET=maskcd-tiny; SIZE=512; FWD_SECONDS=0.5; BATCHES="1 4"; MAP_BATCH=4; READERS=0; THREADS=2
-  LIMIT_TESTS=300; LIMIT_FWD=300; LIMIT_MAP=600; LIMIT_DDP=300
+  LIMIT_TESTS=300; LIMIT_FWD=300; LIMIT_MAP=600; LIMIT_DDP=300; LIMIT_SCAN=300
+  SCAN_ARGS=(--size 64 --seconds 0.2 --rounds 1 --reference-rounds 1 --skip-reference)
 else
   DEVICE=cuda; PRESET=maskcd-swin-b; SIZE=8192; FWD_SECONDS=4; BATCHES="1 32"; MAP_BATCH=32; READERS=6; THREADS=8
-  LIMIT_TESTS=150; LIMIT_FWD=90; LIMIT_MAP=170; LIMIT_DDP=60   # 470 s at most, under the 8-minute budget
+  # at most 120 + 2 x 60 + 150 + 45 = 435 s on one GPU (+ 2 x 60 s with two), under the 8-minute budget
+  LIMIT_TESTS=120; LIMIT_FWD=60; LIMIT_MAP=150; LIMIT_DDP=60; LIMIT_SCAN=45
+  SCAN_ARGS=(--seconds 1 --rounds 5 --reference-rounds 2)
+  [ -f ../shared/reference_code/minenetcd/VMamba/classification/models/csms6s.py ] || SCAN_ARGS+=(--skip-reference)
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK=${WORK:-$(mktemp -d -t maskcd_gpu_check_XXXXXX)}
@@ -80,6 +87,10 @@ else
   echo "== 2-process map skipped: $NGPU GPU(s) visible"
 fi
 
+# 5. the selective scan and the VMamba-T forward
+step selective_scan "$LIMIT_SCAN" "$PY" benchmarks/selective_scan.py --device "$DEVICE" "${SCAN_ARGS[@]}" \
+  --json "$WORK/selective_scan.json"
+
 # one JSON of figures
 "$PY" - "$WORK" "$OUT" "$DRY" "$NGPU" "$(( $(date +%s) - T0 ))" <<'EOF'
 import json, sys, xml.etree.ElementTree as ET
@@ -124,6 +135,7 @@ report["gpu_tests"] = tests
 report["forward"] = {p: {"status": status(f"forward_{p}"), "figures": load(f"forward_{p}.json")}
                      for p in ("fp32", "bf16")}
 report["map_pipeline"] = {"status": status("map_pipeline"), "figures": load("map_pipeline.json")}
+report["selective_scan"] = {"status": status("selective_scan"), "figures": load("selective_scan.json")}
 one, two = status("map_1proc"), status("map_2proc")
 if one or two:
     ddp = {"one_process": one, "two_processes": two}
