@@ -1,8 +1,8 @@
 """Outlines of 4-connected pixel components as polygons, traced along pixel edges with array operations.
 
 The polygon of a component is the union of its closed pixel squares: its rings run along the *cracks* between a
-component pixel and a pixel outside it (crack following; A. Rosenfeld and A. C. Kak, *Digital Picture Processing*,
-2nd ed., 1982, vol. 2, §11.2). Here every crack of every component in a chunk is found at once, linked to the crack
+component pixel and a pixel outside it (crack following, as in A. Rosenfeld and A. C. Kak, *Digital Picture
+Processing*, 2nd ed., 1982). Here every crack of every component in a chunk is found at once, linked to the crack
 that follows it, and the resulting cycles are read off in one graph traversal, so the cost grows with the number of
 change pixels and cracks, not with the chunk's area, and no Python code runs per polygon or per vertex.
 
