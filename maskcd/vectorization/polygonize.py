@@ -4,7 +4,8 @@ Algorithm (chunk-size independent by construction; see ``tests/vectorization``):
 
 1. The mask is cut into block-aligned square chunks. Each chunk, in a Dask task that opens the files itself, labels its
    change pixels (value 1; nodata and every other value is background) into 4-connected components
-   (:func:`scipy.ndimage.label`), computes per-label pixel counts and probability sums/maxima from the probability COG,
+   (:func:`~maskcd.vectorization.outline.label_components`: run by run where change is sparse, else
+   :func:`scipy.ndimage.label`), computes per-label pixel counts and probability sums/maxima from the probability COG,
    and traces the outlines of the components it keeps along their pixel edges, all at once with array operations
    (:func:`maskcd.vectorization.outline.trace_outlines`: the polygons :func:`rasterio.features.shapes` gives with
    ``connectivity=4``, at a cost that follows the change pixels, not the chunk's area, and without the GIL for most
