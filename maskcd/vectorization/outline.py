@@ -149,13 +149,11 @@ def label_runs(flat: np.ndarray, width: int) -> tuple[np.ndarray, int]:
     end = np.append(start[1:], len(flat)) - 1
     run_start, run_end = flat[start], flat[end]  # first and last pixel of each run
     del new
-    row = run_start // width
     # runs of the row above overlapping [b0, b1]: those ending at or after (row - 1, b0) and starting at or before
     # (row - 1, b1); both lists are sorted, so they are a contiguous range
     lo = np.searchsorted(run_end, run_start - width, side="left")
     hi = np.searchsorted(run_start, run_end - width, side="right")
     count = np.maximum(hi - lo, 0)
-    del row
     below = np.repeat(np.arange(len(start)), count)
     above = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
     from scipy.sparse import coo_matrix
