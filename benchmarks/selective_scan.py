@@ -9,7 +9,9 @@ weights with VMamba's initialisation): 11 scans, L = 4096, 1024, 256, 64 with 4 
 d_state 1. Each is timed with our :func:`maskcd.models.selective_scan.selective_scan` and with VMamba upstream's
 pure-PyTorch reference (github.com/MzeroMiko/VMamba ``classification/models/csms6s.py``, MIT, the oracle's substitute for the CUDA kernel, read from a local
 checkout given with ``--reference``; nothing of it ships in maskcd), and the outputs are compared. Then the whole
-``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). Per shape, our scan and the reference take turns
+``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). On CUDA "ours" is what the model uses there
+(``backend="auto"``: the fused Triton kernel of :mod:`maskcd.models.selective_scan_triton`) and the PyTorch scan
+(``backend="torch"``) is timed beside it, for the scans and for the forward. Per shape, our scan and the reference take turns
 and the best of ``--rounds`` / ``--reference-rounds`` runs counts, in wall clock and in thread CPU time (the latter
 meaningful with ``--threads 1``; it leaves out waiting for a core on a shared machine). Compare the ratios of one run.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import io
 import json
@@ -146,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         with torch.inference_mode():
             ours_y = selective_scan(*call_args, **kwargs)
             fns = dict(ours=lambda: selective_scan(*call_args, **kwargs))
+            if device.type == "cuda":
+                fns["torch_backend"] = lambda: selective_scan(*call_args, **kwargs, backend="torch")
             if reference is not None:
                 fns["reference"] = lambda: reference(u, delta, A, B, C, D, bias, True)
-            times = best_of_interleaved(fns, device, dict(ours=args.rounds, reference=args.reference_rounds))
+            times = best_of_interleaved(
+                fns, device, dict(ours=args.rounds, torch_backend=args.rounds, reference=args.reference_rounds)
+            )
             t_ours = times["wall"]["ours"]
             row = dict(L=u.shape[-1], channels=u.shape[1], blocks=1, ours_s=t_ours, ours_cpu_s=times["cpu"]["ours"])
+            if "torch_backend" in fns:
+                torch_y = selective_scan(*call_args, **kwargs, backend="torch")
+                row.update(torch_backend_s=times["wall"]["torch_backend"],
+                           torch_backend_max_abs_diff=(ours_y - torch_y).abs().max().item())
             if reference is not None:
                 ref_y = reference(u, delta, A, B, C, D, bias, True)
                 row.update(reference_s=times["wall"]["reference"], reference_cpu_s=times["cpu"]["reference"],
@@ -160,10 +171,18 @@ def main(argv: list[str] | None = None) -> int:
         ref_txt = (f"{row['reference_s'] * 1e3:13.1f} {row['reference_s'] / t_ours:8.1f}x "
                    f"{row['max_abs_diff']:10.2e} {row['max_abs_y']:8.2f} "
                    f"{row['reference_cpu_s'] / row['ours_cpu_s']:8.1f}x") if reference is not None else ""
-        print(f"{row['L']:5d} {row['channels']:9d} {t_ours * 1e3:9.1f} {ref_txt}")
+        torch_txt = (f"  (PyTorch scan {row['torch_backend_s'] * 1e3:.2f} ms, Triton "
+                     f"{row['torch_backend_s'] / t_ours:.1f}x as fast, max|diff| "
+                     f"{row['torch_backend_max_abs_diff']:.1e})") if "torch_backend_s" in row else ""
+        print(f"{row['L']:5d} {row['channels']:9d} {t_ours * 1e3:9.1f} {ref_txt}{torch_txt}")
     total_ours = sum(r["ours_s"] * r["blocks"] for r in rows)
     result = dict(device=str(device), threads=torch.get_num_threads(), size=args.size, scans=rows,
                   backbone_scans_ours_s=total_ours)
+    if device.type == "cuda":
+        total_torch = sum(r["torch_backend_s"] * r["blocks"] for r in rows)
+        result.update(backbone_scans_torch_backend_s=total_torch, triton_speedup=total_torch / total_ours)
+        print(f"all scans, PyTorch scan on {device}: {total_torch * 1e3:.2f} ms; the Triton kernel "
+              f"{total_torch / total_ours:.1f}x faster")
     if reference is not None:
         total_ref = sum(r["reference_s"] * r["blocks"] for r in rows)
         cpu_ours = sum(r["ours_cpu_s"] * r["blocks"] for r in rows)
@@ -188,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     per_pair = timed(forward, device, args.seconds)
     result["minenetcd_vmamba_t_forward_s_per_pair"] = per_pair
     print(f"minenetcd-vmamba-t forward, one {args.size}² pair (batch 1): {per_pair * 1e3:.0f} ms")
+    if device.type == "cuda":  # the same forward with the PyTorch scan
+        vmamba.selective_scan = functools.partial(selective_scan, backend="torch")
+        try:
+            per_pair_torch = timed(forward, device, args.seconds)
+        finally:
+            vmamba.selective_scan = selective_scan
+        result["minenetcd_vmamba_t_forward_torch_scan_s_per_pair"] = per_pair_torch
+        print(f"  the same with the PyTorch scan: {per_pair_torch * 1e3:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0

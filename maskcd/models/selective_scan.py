@@ -28,13 +28,15 @@ in-place passes over cache-sized channel blocks, with the chunk-end states solve
 
 Backward (a :class:`torch.autograd.Function`) solves the adjoint recurrence ``λ_t = g_t + a_{t+1} λ_{t+1}`` with the
 same parallel scan run backwards, so training stores only the decays and states, not every intermediate step.
-Everything is ordinary tensor arithmetic: the same code runs on CPU and CUDA.
+Everything is ordinary tensor arithmetic: the same code runs on CPU and CUDA. On CUDA, inference defaults to the
+fused Triton kernel of :mod:`maskcd.models.selective_scan_triton` (``backend="auto"``); training always runs here.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -299,6 +301,32 @@ def _scan_d1_inference(u, delta, A, B, C, D, bias, softplus, chunk, nonpositive,
     return y
 
 
+_TRITON = {"usable": True, "proven": False}  # "auto" stops trying Triton after a first failure; after a success
+# errors are real errors and propagate
+
+
+def _triton_scan(u, delta, A, B, C, D, bias, softplus, strict: bool) -> torch.Tensor | None:
+    """The fused Triton scan; with ``strict=False`` (``"auto"``) a failure before its first success (no Triton, a
+    compiler that rejects the kernel) warns once and returns None so the PyTorch scan runs instead."""
+    try:
+        from maskcd.models.selective_scan_triton import selective_scan_triton
+
+        y = selective_scan_triton(u, delta, A, B, C, D, bias, softplus)
+    except Exception as exc:  # noqa: BLE001 - the first use of an optional fast path: any failure falls back
+        if strict or _TRITON["proven"] or isinstance(exc, torch.OutOfMemoryError):
+            raise
+        _TRITON["usable"] = False
+        warnings.warn(
+            f"the Triton selective scan failed ({type(exc).__name__}: {exc}); using the PyTorch scan from now on "
+            f"(pass backend='triton' to see the error)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    _TRITON["proven"] = True
+    return y
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -310,6 +338,7 @@ def selective_scan(
     delta_softplus: bool = True,
     chunk_size: int = DEFAULT_CHUNK,
     block_elements: int | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """VMamba's selective scan (module docstring) → ``y`` float32 ``(batch, K*C, L)``.
 
@@ -327,7 +356,21 @@ def selective_scan(
             (``d_state = 1``: per block, else per group) so the intermediates stay in cache (a loop over channel
             blocks, never over the sequence); with autograd or on a GPU the whole tensor is processed at once.
             Default: :data:`BLOCK_ELEMENTS_PER_THREAD` per intra-op thread.
+        backend: ``"torch"`` (this module), ``"triton"`` (the fused inference kernel of
+            :mod:`maskcd.models.selective_scan_triton`; no autograd) or ``"auto"``: Triton for CUDA tensors without
+            autograd, where it imports and compiles (else the PyTorch scan, with one warning), PyTorch otherwise.
     """
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"selective_scan backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    tracked = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
+    )
+    if backend == "triton" or (backend == "auto" and u.device.type == "cuda" and not tracked and _TRITON["usable"]):
+        if tracked:
+            raise ValueError("the triton selective scan has no backward: use backend='torch' (or 'auto') to train")
+        y = _triton_scan(u, delta, A, B, C, D, delta_bias, delta_softplus, strict=backend == "triton")
+        if y is not None:
+            return y
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     if block_elements is None:
@@ -348,7 +391,6 @@ def selective_scan(
     bias = delta_bias.float().view(groups, per_group) if delta_bias is not None else None
     parts = (u, delta, A, B, C, D, bias)
     step = max(1, block_elements // max(1, length * n_state))
-    tracked = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in parts)
     if not tracked and n_state == 1:
         with torch.no_grad():
             y = _scan_d1_inference(*parts, delta_softplus, chunk_size, nonpositive, block_elements)

@@ -1,4 +1,5 @@
-"""CUDA paths that CPU CI cannot run: bf16 autocast against fp32, no host sync in the inference loop, a GPU Dask worker.
+"""CUDA paths that CPU CI cannot run: bf16 autocast against fp32, no host sync in the inference loop, a GPU Dask worker,
+the fused Triton selective scan.
 
 Every test here is marked ``gpu`` and skipped without a CUDA device; ``benchmarks/gpu_check.sh`` runs them on a lent
 GPU (``pytest -m gpu tests/gpu``).
@@ -89,3 +90,48 @@ def test_batch_site_runs_on_a_gpu_worker(demo_pair, tmp_path):
     assert site.status == "mapped", site
     assert site.get("n_polygons", 0) > 0
     assert result.merged is not None and result.merged.is_file()
+
+
+def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
+    """The fused Triton scan (issue 12) on real CUDA: VMamba-T-sized scans and a general d_state against the PyTorch
+    scan, and ``auto`` picks it inside a VMamba forward with the same logits."""
+    import functools
+
+    import maskcd.models.selective_scan as scan_module
+    import maskcd.models.vmamba as vmamba
+    from maskcd.models import build_model
+    from maskcd.models.selective_scan import selective_scan
+
+    g = torch.Generator().manual_seed(0)
+    for batch, groups, per_group, n_state, length in ((2, 4, 192, 1, 4096), (2, 4, 24, 4, 1000)):
+        channels = groups * per_group
+        t = dict(
+            u=torch.randn(batch, channels, length, generator=g),
+            delta=torch.randn(batch, channels, length, generator=g) - 3.0,
+            A=-torch.exp(torch.randn(channels, n_state, generator=g)),
+            B=torch.randn(batch, groups, n_state, length, generator=g),
+            C=torch.randn(batch, groups, n_state, length, generator=g),
+            D=torch.rand(channels, generator=g) + 0.5,
+            delta_bias=torch.randn(channels, generator=g) * 0.5,
+        )
+        t = {k: v.cuda() for k, v in t.items()}
+        with torch.no_grad():
+            fused = selective_scan(**t, backend="triton")
+            plain = selective_scan(**t, backend="torch")
+        scale = max(1.0, plain.abs().max().item())
+        assert (fused - plain).abs().max().item() <= 1e-5 * scale
+
+    model = build_model("minenetcd-vmamba-tiny").cuda().eval()
+    a, b = (torch.rand(2, 3, 64, 64, generator=g).cuda() for _ in range(2))
+    scan_module._TRITON.update(usable=True, proven=False)
+    with torch.no_grad():
+        auto = model(a, b).logits
+    assert scan_module._TRITON["proven"], "auto did not use the Triton scan on CUDA"
+    original = vmamba.selective_scan
+    vmamba.selective_scan = functools.partial(original, backend="torch")
+    try:
+        with torch.no_grad():
+            plain = model(a, b).logits
+    finally:
+        vmamba.selective_scan = original
+    assert (auto - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
