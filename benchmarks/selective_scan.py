@@ -7,13 +7,14 @@
 The scan inputs are recorded from one ``minenetcd-vmamba-t`` backbone pass over a 256² image (seeded random
 weights with VMamba's initialisation): 11 scans, L = 4096, 1024, 256, 64 with 4 × 192 ... 4 × 1536 channels and
 d_state 1. Each is timed with our :func:`maskcd.models.selective_scan.selective_scan` and with VMamba upstream's
-pure-PyTorch reference (github.com/MzeroMiko/VMamba ``classification/models/csms6s.py``, MIT, the oracle's substitute for the CUDA kernel, read from a local
-checkout given with ``--reference``; nothing of it ships in maskcd), and the outputs are compared. Then the whole
-``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). On CUDA "ours" is what the model uses there
-(``backend="auto"``: the fused Triton kernel of :mod:`maskcd.models.selective_scan_triton`) and the PyTorch scan
-(``backend="torch"``) is timed beside it, for the scans and for the forward. Per shape, our scan and the reference take turns
-and the best of ``--rounds`` / ``--reference-rounds`` runs counts, in wall clock and in thread CPU time (the latter
-meaningful with ``--threads 1``; it leaves out waiting for a core on a shared machine). Compare the ratios of one run.
+pure-PyTorch reference (github.com/MzeroMiko/VMamba ``classification/models/csms6s.py``, MIT, the oracle's substitute
+for the CUDA kernel, read from a local checkout given with ``--reference``; nothing of it ships in maskcd), and the
+outputs are compared. Then the whole ``minenetcd-vmamba-t`` forward per 256² pair is timed (batch 1). On CUDA "ours"
+is what the model uses there (``backend="auto"``: the fused Triton kernel of
+:mod:`maskcd.models.selective_scan_triton`) and the PyTorch scan (``backend="torch"``) is timed beside it, for the
+scans and for the forward. Per shape, our scan and the reference take turns and the best of ``--rounds`` /
+``--reference-rounds`` runs counts, in wall clock and in thread CPU time (the latter meaningful with ``--threads 1``;
+it leaves out waiting for a core on a shared machine). Compare the ratios of one run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The selective scan as one fused Triton kernel, for inference on CUDA (issue 12's "where it pays").
+"""The selective scan as one fused Triton kernel, for inference on CUDA.
 
 :func:`maskcd.models.selective_scan.selective_scan` is ordinary PyTorch: on a GPU its chunked scan is about a dozen
 elementwise kernels and two cumulative sums over the whole tensor, plus a small float64 solve. This kernel reads
@@ -6,7 +6,8 @@ elementwise kernels and two cumulative sums over the whole tensor, plus a small 
 tiles of ``BLOCK_L`` steps; per tile it forms the decays ``exp(Δ_t A_n)`` and drives ``Δ_t B_{t,n} u_t`` for every
 state ``n`` and solves the recurrence with ``tl.associative_scan`` on the pairs ``(a, b)`` under
 ``(a₁, b₁) ∘ (a₂, b₂) = (a₁ a₂, a₂ b₁ + b₂)``. The state at the end of a tile enters the next one through the
-cumulative decays. Products of decays only shrink (``A < 0``), so no log-space rescaling is needed.
+cumulative decays. The scan multiplies only the recurrence's own factors (no ``exp(-S)`` as in the PyTorch scan's
+chunks), so nothing can overflow that the recurrence itself does not.
 
 Inference only: training keeps the PyTorch scan and its autograd backward. Triton ships with torch and nothing needs
 nvcc. Triton's interpreter (``TRITON_INTERPRET=1`` set before this module is imported) runs the same kernel on CPU
