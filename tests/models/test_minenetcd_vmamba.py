@@ -100,27 +100,30 @@ def test_vssm_t_full_size_matches_original(oracle, tmp_path):
     ("minenetcd-vmamba-s", "VSSM_S_ST_Diff", 82_479_300),
     ("minenetcd-vmamba-b", "VSSM_B_ST_Diff", 123_359_492),
 ])
-def test_vssm_s_and_b_presets_have_the_original_layout(oracle, preset, backbone_type, numel):
-    """S and B: the original model's exact state-dict keys and shapes, and its hard-coded hyper-parameters.
-
-    Built, not run (T above runs the same code at full size; on 2 shared cores S and B forwards plus their
-    330/490 MB folders would take minutes). Our side is built on the meta device.
-    """
-    original = oracle.build_original(backbone_type, seed=2, init="native")
-    reference = {k: tuple(v.shape) for k, v in original.state_dict().items()}
-    del original
-    with torch.device("meta"):
-        model = build_model(preset)
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    assert ours == reference
-    assert sum(p.numel() for p in model.parameters()) == numel  # ORACLE_STATUS.md
+def test_vssm_s_and_b_full_size_match_original(oracle, preset, backbone_type, numel, tmp_path):
+    """S and B as published: a published-layout folder of the original model loads strictly into the preset's
+    architecture (the original's exact keys, shapes and hard-coded hyper-parameters) and gives its logits."""
+    original = oracle.build_original(backbone_type, seed=2)
+    a, b = pair(64, seed=3)
+    ref = oracle.original_logits(original, a, b)
+    folder = oracle.save_legacy_checkpoint(original, tmp_path / "published")
     kwargs = oracle.original_backbone_kwargs(backbone_type)
-    cfg = model.config.backbone_config
+    del original
+    model = load_model(folder)
+    assert count_parameters(model) == numel  # ORACLE_STATUS.md
+    with torch.device("meta"):
+        preset_model = build_model(preset)
+    assert {k: tuple(v.shape) for k, v in preset_model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
+    cfg = preset_model.config.backbone_config
     assert (list(kwargs["depths"]), list(kwargs["dims"])) == (cfg.depths, cfg.dims)
     assert (kwargs["ssm_d_state"], kwargs["ssm_ratio"], kwargs["ssm_drop_rate"]) == (
         cfg.d_state, cfg.ssm_ratio, cfg.ssm_drop_rate,
     )
     assert kwargs["forward_type"] == "v05_noz"
+    with torch.no_grad():
+        assert_logits_close(model(a, b).logits, ref)
 
 
 def _rewrite(folder: Path, dest: Path, edit) -> Path:
