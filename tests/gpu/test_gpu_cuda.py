@@ -135,3 +135,33 @@ def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
     finally:
         vmamba.selective_scan = original
     assert (auto - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
+
+
+def test_selective_scan_matches_mamba_ssm_kernel_when_installed():
+    """Where ``mamba_ssm`` happens to be installed (it needs nvcc to build, so never by us), its CUDA selective scan
+    is the published kernel's own arithmetic: both our backends must agree with it."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError as exc:
+        pytest.skip(f"mamba_ssm is not installed ({exc})")
+    from maskcd.models.selective_scan import selective_scan
+
+    g = torch.Generator().manual_seed(1)
+    batch, groups, per_group, n_state, length = 2, 4, 48, 1, 1024
+    channels = groups * per_group
+    t = dict(
+        u=torch.randn(batch, channels, length, generator=g),
+        delta=torch.randn(batch, channels, length, generator=g) - 3.0,
+        A=-torch.exp(torch.randn(channels, n_state, generator=g)),
+        B=torch.randn(batch, groups, n_state, length, generator=g),
+        C=torch.randn(batch, groups, n_state, length, generator=g),
+        D=torch.rand(channels, generator=g) + 0.5,
+        delta_bias=torch.randn(channels, generator=g) * 0.5,
+    )
+    t = {k: v.cuda() for k, v in t.items()}
+    with torch.no_grad():
+        kernel = selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], None, t["delta_bias"], True)
+        scale = max(1.0, kernel.abs().max().item())
+        for backend in ("triton", "torch"):
+            ours = selective_scan(**t, backend=backend)
+            assert (ours - kernel.float()).abs().max().item() <= 1e-5 * scale, backend
