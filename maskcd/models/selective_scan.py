@@ -301,6 +301,20 @@ def _scan_d1_inference(u, delta, A, B, C, D, bias, softplus, chunk, nonpositive,
     return y
 
 
+def check_scan_shapes(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> None:
+    """Raise ValueError unless ``u``, ``delta`` ``(batch, K*C, L)``, ``A`` ``(K*C, N)``, ``B``, ``C``
+    ``(batch, K, N, L)`` fit together (both backends)."""
+    if (
+        u.dim() != 3 or delta.shape != u.shape or A.dim() != 2 or A.shape[0] != u.shape[1] or B.dim() != 4
+        or C.shape != B.shape or u.shape[1] % B.shape[1] or B.shape[0] != u.shape[0] or B.shape[2] != A.shape[1]
+        or B.shape[3] != u.shape[2]
+    ):
+        raise ValueError(
+            f"selective_scan shapes: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
+        )
+
+
 _TRITON = {"usable": True, "proven": False}  # "auto" stops trying Triton after a first failure; after a success
 # errors are real errors and propagate
 
@@ -362,6 +376,7 @@ def selective_scan(
     """
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"selective_scan backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    check_scan_shapes(u, delta, A, B, C)
     tracked = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)
     )
@@ -375,11 +390,6 @@ def selective_scan(
     groups, n_state = B.shape[1], A.shape[1]
     if block_elements is None:
         block_elements = BLOCK_ELEMENTS_PER_THREAD * max(1, min(torch.get_num_threads(), 16))
-    if channels % groups or delta.shape != u.shape or A.shape[0] != channels or C.shape != B.shape:
-        raise ValueError(
-            f"selective_scan shapes: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
-            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
-        )
     per_group = channels // groups
     A = A.float().view(groups, per_group, n_state)
     nonpositive = bool(delta_softplus) and bool((A <= 0).all())

@@ -20,6 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
+from maskcd.models.selective_scan import check_scan_shapes
+
 __all__ = ["selective_scan_triton"]
 
 TILE_ELEMENTS = 4096
@@ -97,13 +99,9 @@ def selective_scan_triton(
     Shapes and meaning as :func:`maskcd.models.selective_scan.selective_scan`. ``block_length`` (a power of two)
     overrides the steps per tile (default: :data:`TILE_ELEMENTS` over the padded state count, at most ``L``).
     """
+    check_scan_shapes(u, delta, A, B, C)
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
-    if channels % groups or delta.shape != u.shape or A.shape[0] != channels or C.shape != B.shape:
-        raise ValueError(
-            f"selective_scan shapes: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
-            f"B {tuple(B.shape)}, C {tuple(C.shape)}"
-        )
     n_p2 = max(2, triton.next_power_of_2(n_state))  # two rows at least: the well-trodden tile shape
     if block_length is None:
         block_length = max(16, min(triton.next_power_of_2(max(1, length)), TILE_ELEMENTS // n_p2))

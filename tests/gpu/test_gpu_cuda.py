@@ -92,6 +92,21 @@ def test_batch_site_runs_on_a_gpu_worker(demo_pair, tmp_path):
     assert result.merged is not None and result.merged.is_file()
 
 
+def _cuda_scan_inputs(g, batch, groups, per_group, n_state, length) -> dict:
+    """Seeded selective-scan inputs in VMamba's layout (δ around -3, A < 0), on the GPU."""
+    channels = groups * per_group
+    t = dict(
+        u=torch.randn(batch, channels, length, generator=g),
+        delta=torch.randn(batch, channels, length, generator=g) - 3.0,
+        A=-torch.exp(torch.randn(channels, n_state, generator=g)),
+        B=torch.randn(batch, groups, n_state, length, generator=g),
+        C=torch.randn(batch, groups, n_state, length, generator=g),
+        D=torch.rand(channels, generator=g) + 0.5,
+        delta_bias=torch.randn(channels, generator=g) * 0.5,
+    )
+    return {k: v.cuda() for k, v in t.items()}
+
+
 def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
     """The fused Triton scan (issue 12) on real CUDA: VMamba-T-sized scans and a general d_state against the PyTorch
     scan, and ``auto`` picks it inside a VMamba forward with the same logits."""
@@ -103,18 +118,8 @@ def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
     from maskcd.models.selective_scan import selective_scan
 
     g = torch.Generator().manual_seed(0)
-    for batch, groups, per_group, n_state, length in ((2, 4, 192, 1, 4096), (2, 4, 24, 4, 1000)):
-        channels = groups * per_group
-        t = dict(
-            u=torch.randn(batch, channels, length, generator=g),
-            delta=torch.randn(batch, channels, length, generator=g) - 3.0,
-            A=-torch.exp(torch.randn(channels, n_state, generator=g)),
-            B=torch.randn(batch, groups, n_state, length, generator=g),
-            C=torch.randn(batch, groups, n_state, length, generator=g),
-            D=torch.rand(channels, generator=g) + 0.5,
-            delta_bias=torch.randn(channels, generator=g) * 0.5,
-        )
-        t = {k: v.cuda() for k, v in t.items()}
+    for shape in ((2, 4, 192, 1, 4096), (2, 4, 24, 4, 1000)):
+        t = _cuda_scan_inputs(g, *shape)
         with torch.no_grad():
             fused = selective_scan(**t, backend="triton")
             plain = selective_scan(**t, backend="torch")
@@ -146,19 +151,7 @@ def test_selective_scan_matches_mamba_ssm_kernel_when_installed():
         pytest.skip(f"mamba_ssm is not installed ({exc})")
     from maskcd.models.selective_scan import selective_scan
 
-    g = torch.Generator().manual_seed(1)
-    batch, groups, per_group, n_state, length = 2, 4, 48, 1, 1024
-    channels = groups * per_group
-    t = dict(
-        u=torch.randn(batch, channels, length, generator=g),
-        delta=torch.randn(batch, channels, length, generator=g) - 3.0,
-        A=-torch.exp(torch.randn(channels, n_state, generator=g)),
-        B=torch.randn(batch, groups, n_state, length, generator=g),
-        C=torch.randn(batch, groups, n_state, length, generator=g),
-        D=torch.rand(channels, generator=g) + 0.5,
-        delta_bias=torch.randn(channels, generator=g) * 0.5,
-    )
-    t = {k: v.cuda() for k, v in t.items()}
+    t = _cuda_scan_inputs(torch.Generator().manual_seed(1), 2, 4, 48, 1, 1024)
     with torch.no_grad():
         kernel = selective_scan_fn(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], None, t["delta_bias"], True)
         scale = max(1.0, kernel.abs().max().item())

@@ -80,6 +80,22 @@ def test_scan_matches_naive_float64(batch, groups, per_group, n_state, length, c
         assert_scaled_close(selective_scan(**t, chunk_size=chunk, block_elements=length), naive_scan(**t))
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_mismatched_shapes_are_refused_naming_them(backend):
+    t = scan_inputs(0, 1, 4, 2, 1, 16)
+    bad = [
+        dict(delta=t["delta"][..., :8]),  # δ shorter than u
+        dict(A=t["A"][:6]),  # A for fewer channels
+        dict(B=t["B"][..., :8], C=t["C"][..., :8]),  # B, C shorter than the sequence
+        dict(C=t["C"][:, :2]),  # C for fewer groups than B
+        dict(B=t["B"][:, :3], C=t["C"][:, :3]),  # 8 channels do not split into 3 groups
+        dict(A=t["A"].expand(-1, 2)),  # two states in A, one in B
+    ]
+    for change in bad:
+        with pytest.raises(ValueError, match=r"selective_scan shapes: u \(1, 8, 16\)"):
+            selective_scan(**{**t, **change}, backend=backend)
+
+
 def test_scan_without_bias_d_and_softplus():
     t = scan_inputs(1, 1, 4, 2, 1, 50)
     t["delta"] = t["delta"].abs() * 0.3
