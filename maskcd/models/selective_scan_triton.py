@@ -110,10 +110,8 @@ def selective_scan_triton(
     y = torch.empty(batch, channels, length, device=u.device, dtype=torch.float32)
     if y.numel() == 0:
         return y
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
-    A = A.contiguous()
-    D = D.contiguous() if D is not None else None
-    bias = delta_bias.contiguous() if delta_bias is not None else None
+    u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+    D, bias = (t.contiguous() if t is not None else None for t in (D, delta_bias))
     _scan_kernel[(batch * channels,)](
         u, delta, A, B, C, D if D is not None else u, bias if bias is not None else u, y,
         channels, channels // groups, groups, length, n_state,

@@ -107,7 +107,7 @@ def _cuda_scan_inputs(g, batch, groups, per_group, n_state, length) -> dict:
     return {k: v.cuda() for k, v in t.items()}
 
 
-def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
+def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba(monkeypatch):
     """The fused Triton scan (issue 12) on real CUDA: VMamba-T-sized scans and a general d_state against the PyTorch
     scan, and ``auto`` picks it inside a VMamba forward with the same logits."""
     import functools
@@ -128,17 +128,14 @@ def test_triton_selective_scan_matches_the_pytorch_scan_and_serves_vmamba():
 
     model = build_model("minenetcd-vmamba-tiny").cuda().eval()
     a, b = (torch.rand(2, 3, 64, 64, generator=g).cuda() for _ in range(2))
-    scan_module._TRITON.update(usable=True, proven=False)
+    monkeypatch.setitem(scan_module._TRITON, "usable", True)
+    monkeypatch.setitem(scan_module._TRITON, "proven", False)
     with torch.no_grad():
         auto = model(a, b).logits
     assert scan_module._TRITON["proven"], "auto did not use the Triton scan on CUDA"
-    original = vmamba.selective_scan
-    vmamba.selective_scan = functools.partial(original, backend="torch")
-    try:
-        with torch.no_grad():
-            plain = model(a, b).logits
-    finally:
-        vmamba.selective_scan = original
+    monkeypatch.setattr(vmamba, "selective_scan", functools.partial(selective_scan, backend="torch"))
+    with torch.no_grad():
+        plain = model(a, b).logits
     assert (auto - plain).abs().max().item() <= 1e-4 * max(1.0, plain.abs().max().item())
 
 
